@@ -1,0 +1,35 @@
+// Gated activations (DESIGN.md section 4), shared by CPU and CUDA epilogues.
+#pragma once
+
+#include <cmath>
+
+#include "common/enums.h"
+#include "common/host_device.h"
+#include "common/routing_math.h"  // Sigmoid
+
+namespace jax_moe {
+
+struct ActivationParams {
+  Activation kind;
+  float alpha;  // SWIGLU_OAI only
+  float beta;
+  float limit;
+};
+
+// h = act(gate, up) in fp32.
+JM_HD float GatedActivation(float gate, float up, const ActivationParams& a) {
+  switch (a.kind) {
+    case Activation::kSWIGLU:
+      return gate * Sigmoid(gate) * up;
+    case Activation::kGEGLU:
+      return 0.5f * gate * (1.0f + erff(gate * 0.70710678118654752f)) * up;
+    case Activation::kSWIGLU_OAI: {
+      const float g = fminf(gate, a.limit);
+      const float u = fminf(fmaxf(up, -a.limit), a.limit);
+      return g * Sigmoid(a.alpha * g) * (u + a.beta);
+    }
+  }
+  return NAN;
+}
+
+}  // namespace jax_moe

@@ -1,0 +1,67 @@
+#include "common/tactics.h"
+
+#include <cmath>
+#include <sstream>
+
+namespace jax_moe {
+
+const std::vector<Tactic>& TacticTable() {
+  static const std::vector<Tactic> table = {
+      {"cpu_t4_n32", Platform::kCpu, KernelFamily::kCpuBlocked, 4, 32},
+      {"cpu_t16_n64", Platform::kCpu, KernelFamily::kCpuBlocked, 16, 64},
+      {"cpu_t64_n64", Platform::kCpu, KernelFamily::kCpuBlocked, 64, 64},
+  };
+  return table;
+}
+
+uint64_t TacticTableHash() {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](const std::string& s) {
+    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull;
+  };
+  for (const Tactic& t : TacticTable()) {
+    std::ostringstream row;
+    row << t.name << '|' << static_cast<int64_t>(t.platform) << '|'
+        << static_cast<int64_t>(t.family) << '|' << t.tile_tokens << '|' << t.tile_n;
+    mix(row.str());
+  }
+  return h;
+}
+
+std::string TacticInvalidReason(const MoeProblem& p, Platform platform, int64_t id) {
+  const auto& table = TacticTable();
+  std::ostringstream err;
+  if (id < 0 || id >= static_cast<int64_t>(table.size())) {
+    err << "tactic " << id << " is not in the table (0.." << table.size() - 1 << ")";
+    return err.str();
+  }
+  const Tactic& t = table[id];
+  if (t.platform != platform) {
+    err << "tactic " << id << " (" << t.name << ") is for another platform";
+    return err.str();
+  }
+  (void)p;  // CPU tactics run every supported problem.
+  return "";
+}
+
+int64_t DefaultTactic(const MoeProblem& p, Platform platform) {
+  // Seed heuristic: the token tile that the average expert load fills,
+  // with 30% headroom for imbalance.
+  const double avg = 1.3 * static_cast<double>(p.expanded()) / p.num_local_experts;
+  int64_t best = -1;
+  double best_gap = 0;
+  const auto& table = TacticTable();
+  for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i) {
+    if (!TacticInvalidReason(p, platform, i).empty()) continue;
+    const double gap = std::fabs(std::log2(static_cast<double>(table[i].tile_tokens)) -
+                                 std::log2(avg > 1.0 ? avg : 1.0));
+    if (best < 0 || gap < best_gap) {
+      best = i;
+      best_gap = gap;
+    }
+  }
+  return best;
+}
+
+}  // namespace jax_moe

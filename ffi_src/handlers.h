@@ -1,0 +1,14 @@
+// The FFI handler symbols this module exports, per platform.
+#pragma once
+
+#include "xla/ffi/api/ffi.h"
+
+// CPU (always built): ffi_src/cpu/moe_handler.cc
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxMoeFp4MoeCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxMoeFp4MoeRoutedCpu);
+
+#ifdef JAX_MOE_WITH_CUDA
+// CUDA (built when a CUDA compiler is found): ffi_src/cuda/moe_handler.cu
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxMoeFp4MoeCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxMoeFp4MoeRoutedCuda);
+#endif

@@ -1,0 +1,93 @@
+"""Tactics: the kernel configurations of the C++ tactic table, seen from Python.
+
+A tactic is an index into the table in `ffi_src/common/tactics.cc`; this module
+mirrors that table (it reads it from the extension, never restates it) and
+answers which tactics can run a problem, and which one is the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+
+from jax_moe import _extension
+from jax_moe.problem import MoEProblem
+
+
+@dataclasses.dataclass(frozen=True)
+class Tactic:
+    """One row of the C++ tactic table.
+
+    Attributes:
+      id: index in the table; the value of the `tactic` static attribute.
+      name: readable name, e.g. "cpu_t16_n64".
+      platform: "cpu" or "cuda".
+      family: kernel family id (see KernelFamily in ffi_src/common/tactics.h).
+      tile_tokens: rows of a token tile (also the per-expert padding).
+      tile_n: output columns per work item.
+    """
+
+    id: int
+    name: str
+    platform: str
+    family: int
+    tile_tokens: int
+    tile_n: int
+
+
+@functools.cache
+def tactic_table() -> tuple[Tactic, ...]:
+    """Every tactic the extension was built with, in id order."""
+    return tuple(Tactic(**row) for row in _extension.module().tactic_table())
+
+
+def tactic_table_hash() -> str:
+    """Hex hash of the table: cache entries tuned against another table are ignored."""
+    return f"{_extension.module().tactic_table_hash():016x}"
+
+
+def current_platform() -> str:
+    """The platform the op will lower to by default: 'cuda' or 'cpu'."""
+    backend = jax.default_backend()
+    return "cuda" if backend in ("gpu", "cuda") else backend
+
+
+def _platform(platform: str | None) -> str:
+    return current_platform() if platform is None else ("cuda" if platform == "gpu" else platform)
+
+
+def invalid_reason(problem: MoEProblem, tactic: int, platform: str | None = None) -> str:
+    """'' if `tactic` can run `problem` on `platform`, else the reason it cannot."""
+    return _extension.module().tactic_invalid_reason(problem.to_dict(), _platform(platform), int(tactic))
+
+
+def valid_tactics(problem: MoEProblem, platform: str | None = None) -> list[Tactic]:
+    """The tactics that can run `problem` on `platform` (default: the default backend)."""
+    plat = _platform(platform)
+    return [t for t in tactic_table() if t.platform == plat and not invalid_reason(problem, t.id, plat)]
+
+
+def default_tactic(problem: MoEProblem, platform: str | None = None) -> int:
+    """The heuristic default tactic id, valid for every supported problem."""
+    plat = _platform(platform)
+    tactic = _extension.module().default_tactic(problem.to_dict(), plat)
+    if tactic < 0:
+        raise RuntimeError(
+            f"jax_moe has no tactic for platform {plat!r} in this build "
+            f"(build info: {_extension.build_info()})"
+        )
+    return int(tactic)
+
+
+def workspace_bytes(problem: MoEProblem, tactic: int) -> int:
+    """Bytes of the scratch output the handler needs for `problem` under `tactic`."""
+    return int(_extension.module().workspace_bytes(problem.to_dict(), int(tactic)))
+
+
+def check_problem(problem: MoEProblem) -> None:
+    """Raises ValueError if the handlers do not support `problem` (reason from C++)."""
+    reason = _extension.module().validate_problem(problem.to_dict())
+    if reason:
+        raise ValueError(f"unsupported MoE problem: {reason.strip()}")
