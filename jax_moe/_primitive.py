@@ -80,11 +80,11 @@ def _batch(args, dims, *, target: str, problem: MoEProblem, **attrs):
     """vmap: fold the batch into the token dimension when only per-token
     operands are batched (one call over B*T tokens); otherwise map sequentially."""
     token_ops = _TOKEN_OPERANDS_ROUTED if problem.routed else _TOKEN_OPERANDS_LOGITS
-    batched = [i for i, d in enumerate(dims) if d is not batching.not_mapped]
-    size = next(a.shape[d] for a, d in zip(args, dims) if d is not batching.not_mapped)
+    batched = [i for i, d in enumerate(dims) if d is not None]
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
     per_token = set(token_ops) - ({1} if args[1].size == 0 else set())
     if set(batched) <= per_token:
-        moved = [batching.moveaxis(a, d, 0) if d is not batching.not_mapped else a for a, d in zip(args, dims)]
+        moved = [jnp.moveaxis(a, d, 0) if d is not None else a for a, d in zip(args, dims)]
         flat = [
             a.reshape((-1,) + a.shape[2:]) if i in batched else a for i, a in enumerate(moved)
         ]
@@ -100,8 +100,8 @@ def _batch(args, dims, *, target: str, problem: MoEProblem, **attrs):
         outs = fp4_moe_p.bind(*flat, target=target, problem=big, **{**attrs, "tactic": tactic})
         out, ids, weights, ws = outs
         unflat = [o.reshape((size, problem.num_tokens) + o.shape[1:]) for o in (out, ids, weights)]
-        return [*unflat, ws], [0, 0, 0, batching.not_mapped]
-    moved = [batching.moveaxis(a, d, 0) if d is not batching.not_mapped else None for a, d in zip(args, dims)]
+        return [*unflat, ws], [0, 0, 0, None]
+    moved = [jnp.moveaxis(a, d, 0) if d is not None else None for a, d in zip(args, dims)]
 
     def one(xs):
         full = [x if x is not None else a for x, a in zip(xs, args)]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from typing import Any, Callable
 
 import jax
@@ -184,6 +185,22 @@ def _require_block_multiple(x: jax.Array, block: int, fmt: Format, name: str) ->
         )
 
 
+def _exact_div(numerator: jax.Array, denominator: jax.Array | float) -> jax.Array:
+    """IEEE fp32 division that XLA may not turn into a reciprocal multiply.
+
+    XLA's algebraic simplifier rewrites ``a / broadcast(b)`` (and ``a / c``
+    for a constant c) as ``a * (1 / b)``, which differs from true division in
+    the last bit (e.g. 1344 / 224 becomes 6.0000005). The kernels divide, so
+    the divisor is broadcast to the full shape and hidden behind an
+    optimization barrier.
+    """
+    numerator = jnp.asarray(numerator, jnp.float32)
+    denominator = jnp.asarray(denominator, jnp.float32)
+    shape = jnp.broadcast_shapes(numerator.shape, denominator.shape)
+    denominator = jax.lax.optimization_barrier(jnp.broadcast_to(denominator, shape))
+    return numerator / denominator
+
+
 def _as_float_input(x: Any, name: str) -> jax.Array:
     x = jnp.asarray(x)
     _require_float(x, name)
@@ -195,6 +212,7 @@ def _as_float_input(x: Any, name: str) -> jax.Array:
 # ---------------------------------------------------------------------------
 
 
+@jax.jit
 def e2m1_encode(x: jax.Array) -> jax.Array:
     """Rounds values to 4-bit e2m1 codes (round to nearest, ties to even).
 
@@ -223,6 +241,7 @@ def e2m1_encode(x: jax.Array) -> jax.Array:
     return code | sign
 
 
+@jax.jit
 def e2m1_decode(codes: jax.Array) -> jax.Array:
     """Decodes 4-bit e2m1 codes (only the low nibble is read) to fp32."""
     codes = jnp.asarray(codes)
@@ -231,6 +250,7 @@ def e2m1_decode(codes: jax.Array) -> jax.Array:
     return table[(codes & 0xF).astype(jnp.int32)]
 
 
+@jax.jit
 def e4m3_encode(x: jax.Array) -> jax.Array:
     """Rounds to float8_e4m3fn (nearest, ties to even), saturating at +-448.
 
@@ -252,6 +272,7 @@ def e4m3_encode(x: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------
 
 
+@jax.jit
 def ceil_log2(r: jax.Array) -> jax.Array:
     """Exact ``ceil(log2(|r|))`` of fp32 values, as int32.
 
@@ -264,8 +285,8 @@ def ceil_log2(r: jax.Array) -> jax.Array:
     NaN gives 129; callers clamp to the scale's exponent range.
 
     Args:
-        r: Array of any float dtype (converted to fp32 exactly or by rounding
-            for wider types); the sign is ignored.
+        r: Array of any float dtype, evaluated on its fp32 value; the sign is
+            ignored.
 
     Returns:
         int32 array of the same shape.
@@ -282,6 +303,7 @@ def ceil_log2(r: jax.Array) -> jax.Array:
     return jnp.where(bits == 0, jnp.int32(_CEIL_LOG2_OF_ZERO), result)
 
 
+@jax.jit
 def exp2i(e: jax.Array) -> jax.Array:
     """Builds ``2.0**e`` exactly in fp32 from its bit pattern.
 
@@ -301,26 +323,35 @@ def exp2i(e: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
+@jax.jit
 def mul_exp2(x: jax.Array, e: jax.Array) -> jax.Array:
-    """Computes ``x * 2**e`` for integer e in [-252, 252] with one rounding.
+    """Computes ``x * 2**e`` in fp32 for integer e in [-252, 252].
 
     The factor is applied in two halves that are both normal fp32 numbers, so
-    the product is exact whenever the result is representable, even on
-    backends that treat a subnormal operand such as 2**-127 as zero.
+    the product is exact whenever the result is a normal fp32 number, even on
+    backends that treat a subnormal operand such as 2**-127 as zero. (Only a
+    subnormal *result* is rounded, once, or flushed where the backend does.)
 
     Args:
-        x: float32 array.
+        x: Float array (evaluated in fp32).
         e: Integer array broadcastable against ``x``.
 
     Returns:
         float32 array with the broadcast shape.
     """
-    e = jnp.asarray(e).astype(jnp.int32)
+    x = _as_float_input(x, "x")
+    e = jnp.asarray(e)
+    _require_int(e, "e")
+    e = e.astype(jnp.int32)
     first = e >> 1  # floor(e / 2), so both halves stay within [-126, 126]
     second = e - first
-    return (x * exp2i(first)) * exp2i(second)
+    # The barrier stops XLA from folding two constant factors into one that
+    # may be subnormal (and then flushed to zero on CPU).
+    partial = jax.lax.optimization_barrier(x * exp2i(first))
+    return partial * exp2i(second)
 
 
+@jax.jit
 def e8m0_from_exponent(e: jax.Array) -> jax.Array:
     """Encodes power-of-two exponents as ue8m0 bytes ``clip(e + 127, 0, 254)``."""
     e = jnp.asarray(e).astype(jnp.int32)
@@ -328,6 +359,7 @@ def e8m0_from_exponent(e: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(byte, jnp.float8_e8m0fnu)
 
 
+@jax.jit
 def e8m0_to_exponent(scale: jax.Array) -> jax.Array:
     """Returns ``b - 127`` (int32) for ue8m0 scales or their uint8 bytes."""
     scale = jnp.asarray(scale)
@@ -342,6 +374,7 @@ def e8m0_to_exponent(scale: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------
 
 
+@jax.jit
 def pack_fp4(codes: jax.Array) -> jax.Array:
     """Packs 4-bit codes two per byte: element 2j low nibble, 2j+1 high nibble.
 
@@ -365,6 +398,7 @@ def pack_fp4(codes: jax.Array) -> jax.Array:
     return pairs[..., 0] | (pairs[..., 1] << 4)
 
 
+@jax.jit
 def unpack_fp4(packed: jax.Array) -> jax.Array:
     """Inverse of :func:`pack_fp4`: uint8 ``[..., K/2]`` to codes ``[..., K]``."""
     packed = jnp.asarray(packed)
@@ -373,6 +407,7 @@ def unpack_fp4(packed: jax.Array) -> jax.Array:
     return pairs.reshape(*packed.shape[:-1], -1)
 
 
+@jax.jit
 def fp4_to_packed(x: jax.Array) -> jax.Array:
     """Packs a ``float4_e2m1fn`` array ``[..., K]`` into uint8 ``[..., K/2]``.
 
@@ -390,6 +425,7 @@ def fp4_to_packed(x: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(pairs, jnp.uint8)
 
 
+@jax.jit
 def packed_to_fp4(packed: jax.Array) -> jax.Array:
     """Inverse of :func:`fp4_to_packed`: uint8 ``[..., K/2]`` to f4 ``[..., K]``."""
     packed = jnp.asarray(packed)
@@ -407,6 +443,12 @@ def _has_array_shape(x: Any) -> bool:
     # Pytree unflattening inside transformations may hand us placeholders
     # (object(), None, shardings...); only real/traced arrays are checked.
     return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _is_float0(x: Any) -> bool:
+    # Gradients of a tree holding a QTensor carry float0 cotangents for the
+    # integer data; their shapes are meaningful, their dtype is not.
+    return np.dtype(x.dtype) == np.dtype(jax.dtypes.float0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,14 +488,16 @@ class QTensor:
     def _validate_data(self) -> None:
         if not _has_array_shape(self.data):
             return
-        _require_dtype(self.data, _DATA_DTYPE[self.fmt], f"QTensor.data ({self.fmt.name})")
+        if not _is_float0(self.data):
+            _require_dtype(self.data, _DATA_DTYPE[self.fmt], f"QTensor.data ({self.fmt.name})")
         if len(self.data.shape) < 1:
             raise ValueError("QTensor.data must have at least 1 dimension, got shape ()")
 
     def _validate_scale(self) -> None:
         if not _has_array_shape(self.scale):
             return
-        _require_dtype(self.scale, _SCALE_DTYPE[self.fmt], f"QTensor.scale ({self.fmt.name})")
+        if not _is_float0(self.scale):
+            _require_dtype(self.scale, _SCALE_DTYPE[self.fmt], f"QTensor.scale ({self.fmt.name})")
         if self.layout != "linear" or not _has_array_shape(self.data):
             return
         k = self.shape[-1]
@@ -483,7 +527,8 @@ class QTensor:
             raise ValueError("QTensor.global_scale is required for NVFP4, got None")
         if not _has_array_shape(gs):
             return
-        _require_dtype(gs, jnp.float32, "QTensor.global_scale")
+        if not _is_float0(gs):
+            _require_dtype(gs, jnp.float32, "QTensor.global_scale")
         allowed = [()]
         if _has_array_shape(self.data) and len(self.data.shape) >= 2:
             allowed.append((self.data.shape[0],))
@@ -555,6 +600,7 @@ def _broadcast_leading(v: jax.Array, ndim: int) -> jax.Array:
 # ---------------------------------------------------------------------------
 
 
+@functools.partial(jax.jit, static_argnames=("per_expert",))
 def nvfp4_global_scale(x: jax.Array, *, per_expert: bool = False) -> jax.Array:
     """Default NVFP4 global encode scale ``G = 448 * 6 / amax``.
 
@@ -574,7 +620,7 @@ def nvfp4_global_scale(x: jax.Array, *, per_expert: bool = False) -> jax.Array:
     axes = tuple(range(1, x.ndim)) if per_expert else None
     amax = jnp.max(jnp.abs(x), axis=axes)
     safe_amax = jnp.where(amax == 0, jnp.float32(1), amax)
-    return jnp.where(amax == 0, jnp.float32(1), jnp.float32(_NVFP4_RANGE) / safe_amax)
+    return jnp.where(amax == 0, jnp.float32(1), _exact_div(_NVFP4_RANGE, safe_amax))
 
 
 def _checked_global_scale(global_scale: Any, x: jax.Array, per_expert: bool) -> jax.Array:
@@ -588,6 +634,7 @@ def _checked_global_scale(global_scale: Any, x: jax.Array, per_expert: bool) -> 
     return gs
 
 
+@functools.partial(jax.jit, static_argnames=("per_expert",))
 def quantize_nvfp4(
     x: jax.Array, global_scale: jax.Array | float | None = None, *, per_expert: bool = False
 ) -> QTensor:
@@ -613,10 +660,10 @@ def quantize_nvfp4(
         gs = _checked_global_scale(global_scale, x, per_expert)
     xb = _to_blocks(x, BLOCK_SIZE[Format.NVFP4])
     g = _broadcast_leading(gs, xb.ndim - 1)
-    sf = e4m3_encode((g * _block_amax(xb)) / jnp.float32(E2M1_MAX))
+    sf = e4m3_encode(_exact_div(g * _block_amax(xb), E2M1_MAX))
     sf32 = sf.astype(jnp.float32)
     # Divide by a safe denominator so no inf/NaN is ever formed, then zero it.
-    ratio = jnp.where(sf32 == 0, jnp.float32(0), g / jnp.where(sf32 == 0, 1, sf32))
+    ratio = jnp.where(sf32 == 0, jnp.float32(0), _exact_div(g, jnp.where(sf32 == 0, 1, sf32)))
     codes = e2m1_encode(xb * ratio[..., None])
     return QTensor(pack_fp4(_from_blocks(codes)), sf, gs, Format.NVFP4)
 
@@ -625,7 +672,7 @@ def _dequantize_nvfp4(q: QTensor) -> jax.Array:
     values = _to_blocks(e2m1_decode(unpack_fp4(q.data)), q.block_size)
     sf32 = q.scale.astype(jnp.float32)[..., None]
     g = _broadcast_leading(q.global_scale, values.ndim)
-    return _from_blocks((values * sf32) / g)
+    return _from_blocks(_exact_div(values * sf32, g))
 
 
 # ---------------------------------------------------------------------------
@@ -638,10 +685,11 @@ def _mx_block_exponent(amax: jax.Array, element_max: float) -> jax.Array:
 
     Zero blocks get -127 (scale byte 0) instead of the -inf the formula gives.
     """
-    e = jnp.clip(ceil_log2(amax / jnp.float32(element_max)), _EXP_MIN, _EXP_MAX)
+    e = jnp.clip(ceil_log2(_exact_div(amax, element_max)), _EXP_MIN, _EXP_MAX)
     return jnp.where(amax == 0, jnp.int32(_EXP_MIN), e)
 
 
+@jax.jit
 def quantize_mxfp4(x: jax.Array) -> QTensor:
     """Quantizes to MXFP4 (e2m1 values, ue8m0 scale per 32 along K).
 
@@ -666,6 +714,7 @@ def quantize_mxfp4(x: jax.Array) -> QTensor:
     return QTensor(pack_fp4(_from_blocks(codes)), e8m0_from_exponent(e), None, Format.MXFP4)
 
 
+@jax.jit
 def quantize_mxfp8(x: jax.Array) -> QTensor:
     """Quantizes to MXFP8 (e4m3 values, ue8m0 scale per 32 along K).
 
@@ -720,6 +769,7 @@ def quantize(x: jax.Array, fmt: Format | int | str, **kwargs: Any) -> QTensor:
     return _QUANTIZERS[fmt](x, **kwargs)
 
 
+@functools.partial(jax.jit, static_argnames=("dtype",))
 def dequantize(q: QTensor, dtype: Any = jnp.float32) -> jax.Array:
     """Decodes a linear-layout QTensor to its logical shape in ``dtype``."""
     _require_linear(q, "dequantize")
@@ -742,6 +792,7 @@ def scale_bits(q: QTensor | jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(scale, jnp.uint8)
 
 
+@functools.partial(jax.jit, static_argnames=("fmt",))
 def scale_from_bits(bits: jax.Array, fmt: Format | int | str) -> jax.Array:
     """Inverse of :func:`scale_bits`: views uint8 bytes as ``fmt``'s scale dtype."""
     fmt = Format.parse(fmt)
@@ -800,6 +851,7 @@ def _permute_w13(w: QTensor | jax.Array, permute: Callable[..., jax.Array], what
     return QTensor(permute(w.data, -2), permute(w.scale, -2), gs, w.fmt, w.layout)
 
 
+@jax.jit
 def w13_from_up_first(w: QTensor | jax.Array) -> QTensor | jax.Array:
     """Reorders w13 rows from [up; gate] (FlashInfer/TRT-LLM) to [gate; up].
 
@@ -814,11 +866,13 @@ def w13_from_up_first(w: QTensor | jax.Array) -> QTensor | jax.Array:
     return _permute_w13(w, _swap_halves, "w13_from_up_first")
 
 
+@jax.jit
 def w13_to_up_first(w: QTensor | jax.Array) -> QTensor | jax.Array:
     """Inverse of :func:`w13_from_up_first`: [gate; up] -> [up; gate]."""
     return _permute_w13(w, _swap_halves, "w13_to_up_first")
 
 
+@jax.jit
 def w13_from_interleaved(w: QTensor | jax.Array) -> QTensor | jax.Array:
     """Reorders interleaved w13 rows (even = gate, odd = up) to [gate; up].
 
@@ -828,11 +882,13 @@ def w13_from_interleaved(w: QTensor | jax.Array) -> QTensor | jax.Array:
     return _permute_w13(w, _deinterleave, "w13_from_interleaved")
 
 
+@jax.jit
 def w13_to_interleaved(w: QTensor | jax.Array) -> QTensor | jax.Array:
     """Inverse of :func:`w13_from_interleaved`: [gate; up] -> interleaved rows."""
     return _permute_w13(w, _interleave, "w13_to_interleaved")
 
 
+@jax.jit
 def from_gpt_oss_mxfp4(blocks: Any, scales: Any) -> QTensor:
     """Wraps gpt-oss MXFP4 checkpoint tensors as an MXFP4 QTensor.
 

@@ -82,7 +82,8 @@ def _parse_enum(enum_cls: Any, value: Any, aliases: dict) -> Any:
         except (TypeError, ValueError):
             pass
     raise ValueError(
-        f"invalid {enum_cls.__name__}: expected one of {choices}, got {value!r}")
+        f"invalid {enum_cls.__name__}: expected one of {choices}, "
+        f"got {value!r}")
 
 
 class RoutingMethod(enum.IntEnum):

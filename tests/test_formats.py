@@ -91,6 +91,20 @@ def _random_blocks(seed: int, shape, block: int, spread: float = 3.0) -> np.ndar
     return (x.reshape(*shape[:-1], nb, block) * mag).reshape(shape).astype(np.float32)
 
 
+def _leaf_bytes(a) -> np.ndarray:
+    """Raw bytes of an array leaf, for bit-exact comparisons of any dtype."""
+    return np.ascontiguousarray(np.atleast_1d(np.asarray(a))).view(np.uint8)
+
+
+def _assert_same_leaves(tree_a, tree_b) -> None:
+    leaves_a = jax.tree_util.tree_leaves(tree_a)
+    leaves_b = jax.tree_util.tree_leaves(tree_b)
+    assert len(leaves_a) == len(leaves_b)
+    for a, b in zip(leaves_a, leaves_b):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(_leaf_bytes(a), _leaf_bytes(b))
+
+
 def _codes(q: F.QTensor) -> np.ndarray:
     return np.asarray(F.unpack_fp4(q.data))
 
@@ -636,13 +650,7 @@ def test_functions_under_jit():
         (lambda v: F.w13_to_up_first(v), (x,)),
     ]
     for fn, args in cases:
-        eager = jax.tree_util.tree_leaves(fn(*args))
-        jitted = jax.tree_util.tree_leaves(jax.jit(fn)(*args))
-        for a, b in zip(eager, jitted):
-            assert a.dtype == b.dtype
-            np.testing.assert_array_equal(
-                np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8)
-            )
+        _assert_same_leaves(fn(*args), jax.jit(fn)(*args))
 
 
 @pytest.mark.parametrize("fmt", QUANT_FORMATS)
@@ -667,6 +675,15 @@ def test_qtensor_unflatten_with_placeholders():
     rebuilt = jax.tree_util.tree_unflatten(treedef, [object()] * 3)
     assert rebuilt.fmt is F.Format.NVFP4
     F.QTensor(None, None, None, F.Format.MXFP4)  # nothing to validate
+
+
+def test_qtensor_in_gradient_trees():
+    # Gradients w.r.t. a tree holding quantized weights carry float0 data.
+    q = F.quantize_nvfp4(jnp.asarray(_random_blocks(115, (2, 32), 16, spread=1.0)))
+    grads = jax.grad(lambda p: jnp.sum(F.dequantize(p["w"])) * p["a"], allow_int=True)(
+        {"w": q, "a": 1.0}
+    )
+    assert isinstance(grads["w"], F.QTensor) and grads["w"].data.dtype == jax.dtypes.float0
 
 
 def test_qtensor_validation():
@@ -722,10 +739,7 @@ def test_quantize_argument_errors():
 def test_bf16_input():
     x = jnp.asarray(_rng(120).standard_normal((2, 64)), jnp.bfloat16)
     for fmt in QUANT_FORMATS:
-        q_bf16 = F.quantize(x, fmt)
-        q_f32 = F.quantize(x.astype(jnp.float32), fmt)
-        for a, b in zip(jax.tree_util.tree_leaves(q_bf16), jax.tree_util.tree_leaves(q_f32)):
-            np.testing.assert_array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
+        _assert_same_leaves(F.quantize(x, fmt), F.quantize(x.astype(jnp.float32), fmt))
 
 
 # ---------------------------------------------------------------------------
@@ -774,9 +788,7 @@ def test_w13_qtensor(fmt, fwd, inv):
     assert moved.fmt is fmt and moved.shape == q.shape
     # Quantization is row-wise (and G per expert), so permuting rows commutes.
     _assert_bitwise_equal(F.dequantize(moved), fwd(F.dequantize(q)))
-    back = inv(moved)
-    for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(q)):
-        np.testing.assert_array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
+    _assert_same_leaves(inv(moved), q)
 
 
 def test_w13_qtensor_2d_per_row_global_scale():
@@ -842,3 +854,18 @@ def test_qtensor_from_float4():
     _assert_bitwise_equal(F.dequantize(q4), expected4.reshape(2, 64))
     with pytest.raises(ValueError, match="fmt"):
         F.qtensor_from_float4(jnp.asarray(x_f4), jnp.asarray(e8_bytes))
+
+
+def test_nvfp4_dequantize_divides_exactly():
+    # Dequantization is (value * SF) / G with a true division: XLA would
+    # otherwise rewrite "/ broadcast(G)" as "* (1 / G)" and be off by an ulp.
+    rng = _rng(180)
+    e = 3
+    x_f4 = rng.uniform(-6, 6, (e, 4, 32)).astype(np.float32).astype(E2M1)
+    sf = rng.uniform(0.1, 448, (e, 4, 2)).astype(np.float32).astype(E4M3)
+    g = rng.uniform(0.5, 900, (e,)).astype(np.float32)
+    q = F.qtensor_from_float4(jnp.asarray(x_f4), jnp.asarray(sf), jnp.asarray(g))
+    prod = x_f4.astype(np.float32).reshape(e, 4, 2, 16) * sf.astype(np.float32)[..., None]
+    expected = (prod / g[:, None, None, None]).reshape(e, 4, 32)
+    _assert_bitwise_equal(F.dequantize(q), expected)
+    _assert_bitwise_equal(jax.jit(lambda t: F.dequantize(t))(q), expected)

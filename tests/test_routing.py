@@ -204,7 +204,8 @@ def test_deepseek_grouped_differs_from_plain_topk():
     # Candidates {2: .6, 3: .6, 6: .55, 7: .5}; 2 and 3 tie -> [2, 3].
     # weights = .6 / 1.2 = 0.5 each.
     _check(jit_route(x, top_k=2, **kw), [[2, 3]], [[0.5, 0.5]])
-    # top-3 adds expert 6: sum = 1.75 -> .6/1.75 = .34285714, .55/1.75 = .31428571
+    # top-3 adds expert 6: sum = 1.75
+    # -> .6/1.75 = .34285714, .55/1.75 = .31428571
     _check(jit_route(x, top_k=3, **kw), [[2, 3, 6]],
            [[0.34285714, 0.34285714, 0.31428571]])
     # Without groups: experts 0 (.9) and 4 (.8); .9/1.7, .8/1.7.

@@ -20,6 +20,7 @@
 //   3 workspace    u8 [PlanWorkspace(...).total]
 #pragma once
 
+#include <cstdlib>
 #include <exception>
 #include <string>
 
@@ -98,6 +99,14 @@ struct MoeBuffers {
 // fills `problem` and `buffers`. Returns an InvalidArgument error on mismatch.
 ffi::Error DecodeCall(bool routed, ffi::RemainingArgs args, ffi::RemainingRets rets,
                       const MoeAttrs& attrs, MoeProblem* problem, MoeBuffers* buffers);
+
+// True when JAX_MOE_POISON_OUTPUTS=1: handlers then fill every output and the
+// workspace with NaN/garbage before the stages run, so a test sees any element
+// that no stage wrote. Read per call (host-side, no device data involved).
+inline bool PoisonOutputs() {
+  const char* v = std::getenv("JAX_MOE_POISON_OUTPUTS");
+  return v != nullptr && v[0] == '1';
+}
 
 // Runs `body`, converting any escaping C++ exception into an FFI error: an
 // exception must never cross the C boundary into XLA.

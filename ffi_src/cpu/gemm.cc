@@ -25,12 +25,21 @@ void DecodeRow(Format fmt, const uint8_t* data, const uint8_t* scale, int64_t K,
       return;
     case Format::kNVFP4:
     case Format::kMXFP4: {
+      // Per block: decode the scale once, then 16 table entries per byte pair.
+      static const float* const kE2m1 = [] {
+        static float table[16];
+        for (int c = 0; c < 16; ++c) table[c] = E2m1ToFloat(static_cast<uint8_t>(c));
+        return table;
+      }();
       const int bs = BlockSize(fmt);
-      for (int64_t k = 0; k < K; ++k) {
-        const uint8_t code = (data[k / 2] >> (4 * (k & 1))) & 0xf;
-        const float s = fmt == Format::kNVFP4 ? E4m3ToFloat(scale[k / bs])
-                                              : Ue8m0ToFloat(scale[k / bs]);
-        out[k] = E2m1ToFloat(code) * s;
+      for (int64_t k0 = 0; k0 < K; k0 += bs) {
+        const uint8_t sb = scale[k0 / bs];
+        const float s = fmt == Format::kNVFP4 ? E4m3ToFloat(sb) : Ue8m0ToFloat(sb);
+        for (int64_t k = k0; k < k0 + bs; k += 2) {
+          const uint8_t byte = data[k / 2];
+          out[k] = kE2m1[byte & 0xf] * s;
+          out[k + 1] = kE2m1[byte >> 4] * s;
+        }
       }
       return;
     }

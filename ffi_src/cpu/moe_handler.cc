@@ -1,6 +1,8 @@
 // The CPU handler glue: decode and check the call, pick the tactic's blocking,
 // run the five stages. Correct first (fp32 accumulation, the same rounding
 // points as jax_moe.reference); multithreaded so the CPU test suite is fast.
+#include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "common/ffi_glue.h"
@@ -28,6 +30,14 @@ ffi::Error MoeCpu(ffi::RemainingArgs args, ffi::RemainingRets rets, MoeAttrs att
                                          std::to_string(b.workspace_bytes) + " bytes, need " +
                                          std::to_string(layout.total));
     const Workspace ws = ViewWorkspace(layout, b.workspace);
+    if (PoisonOutputs()) {
+      // Test mode: anything a stage forgets to write stays NaN / garbage.
+      std::fill(b.out, b.out + p.expanded() * p.hidden_size / (p.do_finalize ? p.routing.top_k : 1),
+                uint16_t{0x7fc0});
+      std::fill(b.topk_weights, b.topk_weights + p.expanded(), std::nanf(""));
+      std::fill(b.topk_ids, b.topk_ids + p.expanded(), -7);
+      std::fill(b.workspace, b.workspace + layout.total, uint8_t{0xff});
+    }
     Route(p, b);
     Permute(p, b.topk_ids, ws);
     Gemm1Activation(p, b, ws, tactic.tile_n);

@@ -1,0 +1,49 @@
+"""The Python enums mirror ffi_src/common/enums.h value by value, and the
+tactic table as Python sees it is the C++ one."""
+
+import pytest
+
+import jax_moe
+from jax_moe import _extension, tactics
+from jax_moe.activation import Activation
+from jax_moe.formats import Format
+from jax_moe.routing import RoutingMethod
+
+
+@pytest.mark.parametrize("py_enum", [RoutingMethod, Activation, Format])
+def test_enum_mirrors_cpp(py_enum):
+    cpp = _extension.module().enums()[py_enum.__name__]
+    assert {m.name: int(m) for m in py_enum} == dict(cpp)
+
+
+def test_tactic_table_is_read_from_cpp():
+    rows = _extension.module().tactic_table()
+    table = tactics.tactic_table()
+    assert [t.id for t in table] == list(range(len(rows)))
+    assert [t.name for t in table] == [r["name"] for r in rows]
+    assert len({t.name for t in table}) == len(table), "tactic names must be unique"
+    assert len(tactics.tactic_table_hash()) == 16
+
+
+def test_cpu_tactics_have_different_blockings():
+    cpu = [t for t in tactics.tactic_table() if t.platform == "cpu"]
+    assert len({(t.tile_tokens, t.tile_n) for t in cpu}) >= 2
+
+
+@pytest.mark.parametrize("T", [1, 7, 64, 300, 5000])
+def test_default_tactic_is_valid(T):
+    problem = jax_moe.MoEProblem(T, 256, 128, 16, 16, 4)
+    t = jax_moe.default_tactic(problem, "cpu")
+    assert t in [v.id for v in jax_moe.valid_tactics(problem, "cpu")]
+
+
+def test_workspace_grows_with_tokens_and_tile():
+    small = jax_moe.MoEProblem(8, 256, 128, 16, 16, 4)
+    big = small.with_tokens(800)
+    assert tactics.workspace_bytes(big, 0) > tactics.workspace_bytes(small, 0)
+
+
+def test_build_info():
+    info = _extension.build_info()
+    assert info["ffi_api"].startswith("0.")
+    assert isinstance(info["cuda"], bool)
