@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import enum
 import math
-import operator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jax_moe._enums import parse_enum
 
 __all__ = [
     "Activation",
@@ -66,24 +67,8 @@ class Activation(enum.IntEnum):
         Raises:
           ValueError: If ``value`` names no activation.
         """
-        choices = ", ".join(f"{m.name.lower()} ({m.value})" for m in cls)
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            key = value.strip().lower().replace("-", "_")
-            names = {m.name.lower(): m for m in cls}
-            names.update(gpt_oss=cls.SWIGLU_OAI, gptoss=cls.SWIGLU_OAI,
-                         swigluoai=cls.SWIGLU_OAI)
-            if key in names:
-                return names[key]
-        # bool is an int subclass, but True/False is surely a mistake here.
-        elif not isinstance(value, bool):
-            try:
-                return cls(operator.index(value))
-            except (TypeError, ValueError):
-                pass
-        raise ValueError(
-            f"invalid Activation: expected one of {choices}, got {value!r}")
+        return parse_enum(cls, value, dict(gpt_oss=cls.SWIGLU_OAI, gptoss=cls.SWIGLU_OAI,
+                                           swigluoai=cls.SWIGLU_OAI))
 
 
 def as_activation(value: Any) -> Activation:

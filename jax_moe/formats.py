@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_moe._enums import parse_enum
+
 __all__ = [
     "BLOCK_SIZE",
     "E2M1_MAX",
@@ -90,20 +92,7 @@ class Format(enum.IntEnum):
         Raises:
             ValueError: If ``value`` names no format.
         """
-        if isinstance(value, cls):
-            return value
-        choices = ", ".join(f"{f.name.lower()} ({int(f)})" for f in cls)
-        # bool is an int subclass; True/False as a format is surely a bug.
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-            try:
-                return cls(int(value))
-            except ValueError:
-                pass
-        elif isinstance(value, str):
-            member = cls.__members__.get(value.strip().upper())
-            if member is not None:
-                return member
-        raise ValueError(f"unknown format {value!r}; valid choices: {choices}")
+        return parse_enum(cls, value, {})
 
 
 def as_format(value: Any) -> Format:

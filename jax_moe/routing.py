@@ -37,6 +37,8 @@ from typing import Any, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from jax_moe._enums import parse_enum
+
 __all__ = [
     "RoutingMethod",
     "as_routing_method",
@@ -49,41 +51,6 @@ __all__ = [
 # Added to the DeepSeek-V3 weight denominator so an all-zero selection
 # (sigmoid underflow for very negative logits) does not divide by zero.
 _DEEPSEEK_EPS = 1e-20
-
-
-def _parse_enum(enum_cls: Any, value: Any, aliases: dict) -> Any:
-    """Converts an enum member, its int value or a name to ``enum_cls``.
-
-    Args:
-      enum_cls: The ``enum.IntEnum`` class to convert to.
-      value: A member, an int value, or a case-insensitive name; ``-`` and
-        ``_`` are interchangeable in names.
-      aliases: Extra accepted lower-case names mapped to members.
-
-    Returns:
-      The matching member.
-
-    Raises:
-      ValueError: If ``value`` names no member.
-    """
-    choices = ", ".join(f"{m.name.lower()} ({m.value})" for m in enum_cls)
-    if isinstance(value, enum_cls):
-        return value
-    if isinstance(value, str):
-        key = value.strip().lower().replace("-", "_")
-        by_name = {m.name.lower(): m for m in enum_cls}
-        by_name.update(aliases)
-        if key in by_name:
-            return by_name[key]
-    # bool is an int subclass, but True/False as a method is surely a mistake.
-    elif not isinstance(value, bool):
-        try:
-            return enum_cls(operator.index(value))
-        except (TypeError, ValueError):
-            pass
-    raise ValueError(
-        f"invalid {enum_cls.__name__}: expected one of {choices}, "
-        f"got {value!r}")
 
 
 class RoutingMethod(enum.IntEnum):
@@ -116,7 +83,7 @@ class RoutingMethod(enum.IntEnum):
             "deepseek": cls.DEEPSEEK_V3,
             "top_k": cls.TOPK,
         }
-        return _parse_enum(cls, value, aliases)
+        return parse_enum(cls, value, aliases)
 
 
 def as_routing_method(value: Any) -> RoutingMethod:

@@ -136,26 +136,13 @@ JM_HD uint8_t QuantizeNvfp4Block(const float* x, float global_scale, uint8_t* co
   return sf;
 }
 
-// MXFP4 block of 32: codes are e2m1.
-JM_HD uint8_t QuantizeMxfp4Block(const float* x, uint8_t* codes) {
-  float amax = 0.0f;
-  for (int i = 0; i < 32; ++i) amax = fmaxf(amax, fabsf(x[i]));
-  const uint8_t sf = MxScaleByte(amax, 6.0f);
-  const float inv = amax > 0.0f ? Pow2(127 - sf) : 0.0f;
-  for (int i = 0; i < 32; ++i) codes[i] = FloatToE2m1(x[i] * inv);
-  return sf;
-}
-
 // MXFP8 block of 32: codes are e4m3.
 JM_HD uint8_t QuantizeMxfp8Block(const float* x, uint8_t* codes) {
   float amax = 0.0f;
   for (int i = 0; i < 32; ++i) amax = fmaxf(amax, fabsf(x[i]));
   const uint8_t sf = MxScaleByte(amax, 448.0f);
   const float inv = amax > 0.0f ? Pow2(127 - sf) : 0.0f;
-  for (int i = 0; i < 32; ++i) {
-    const float v = fminf(fmaxf(x[i] * inv, -448.0f), 448.0f);
-    codes[i] = FloatToE4m3(v);
-  }
+  for (int i = 0; i < 32; ++i) codes[i] = FloatToE4m3(x[i] * inv);  // saturates at +-448
   return sf;
 }
 

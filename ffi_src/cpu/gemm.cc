@@ -2,6 +2,7 @@
 // on the fly (value * block scale, exact in fp32); global scales, the routing
 // weight on input, biases and the activation are applied to the fp32
 // accumulator, in the same order as the CUDA epilogues.
+#include <algorithm>
 #include <vector>
 
 #include "common/activation_math.h"
@@ -64,20 +65,27 @@ int64_t ScaleRowBytes(Format fmt, int64_t K) { return BlockSize(fmt) ? K / Block
 
 float InvGlobal(const float* g, bool per_expert, int64_t e) { return 1.0f / g[per_expert ? e : 0]; }
 
-// The live rows of one token tile: permuted row index and expanded index.
-struct TileRows {
-  std::vector<int64_t> row, expanded;
+// One work item of a GEMM: a token tile of one expert x a chunk of output
+// columns [n0, n0 + n), with the tile's live rows (padding rows skipped).
+struct TileTask {
+  int64_t expert, n0, n;
+  std::vector<int64_t> row, expanded;  // permuted row index, expanded (t*K+k) index
 };
-TileRows LiveRows(const Workspace& ws, int64_t tile_index) {
-  TileRows r;
+TileTask MakeTask(const Workspace& ws, int64_t task, int64_t tile_n, int64_t columns) {
+  const int64_t chunks = (columns + tile_n - 1) / tile_n, tile_index = task / chunks;
+  TileTask t{ws.tile_expert[tile_index], (task % chunks) * tile_n, 0, {}, {}};
+  t.n = std::min(tile_n, columns - t.n0);
   for (int64_t i = 0; i < ws.layout.tile; ++i) {
     const int64_t row = tile_index * ws.layout.tile + i;
     const int32_t ex = ws.permuted_to_expanded[row];
     if (ex < 0) continue;
-    r.row.push_back(row);
-    r.expanded.push_back(ex);
+    t.row.push_back(row);
+    t.expanded.push_back(ex);
   }
-  return r;
+  return t;
+}
+int64_t NumTasks(const Workspace& ws, int64_t tile_n, int64_t columns) {
+  return *ws.num_tiles * ((columns + tile_n - 1) / tile_n);
 }
 
 // Stores h[j0, j0+n) of one row in the activation format; chunks are
@@ -117,12 +125,9 @@ void Gemm1Activation(const MoeProblem& p, const MoeBuffers& b, const Workspace& 
   const int64_t a_row = RowBytes(af, H), a_srow = ScaleRowBytes(af, H);
   const int64_t w_row = RowBytes(wf, H), w_srow = ScaleRowBytes(wf, H);
   const float act_inv = af == Format::kNVFP4 ? 1.0f / b.hidden_global[0] : 1.0f;
-  const int64_t chunks = (I + tile_n - 1) / tile_n;
-  ParallelFor(*ws.num_tiles * chunks, [&](int64_t task) {
-    const int64_t tile_index = task / chunks, j0 = (task % chunks) * tile_n;
-    const int64_t n = std::min(tile_n, I - j0);
-    const int64_t e = ws.tile_expert[tile_index];
-    const TileRows rows = LiveRows(ws, tile_index);
+  ParallelFor(NumTasks(ws, tile_n, I), [&](int64_t task_id) {
+    const TileTask rows = MakeTask(ws, task_id, tile_n, I);
+    const int64_t e = rows.expert, j0 = rows.n0, n = rows.n;
     const int64_t R = static_cast<int64_t>(rows.row.size());
     // Gather and decode this tile's token rows once (row gather, no padded copy).
     std::vector<float> a(R * H), gate(H), up(H), h(R * n);
@@ -164,12 +169,9 @@ void Gemm2(const MoeProblem& p, const MoeBuffers& b, const Workspace& ws, int64_
   const Format af = p.act_format, wf = p.weight_format;
   const int64_t w_row = RowBytes(wf, I), w_srow = ScaleRowBytes(wf, I);
   const float h_inv = af == Format::kNVFP4 ? 1.0f / b.h_global[0] : 1.0f;
-  const int64_t chunks = (H + tile_n - 1) / tile_n;
-  ParallelFor(*ws.num_tiles * chunks, [&](int64_t task) {
-    const int64_t tile_index = task / chunks, n0 = (task % chunks) * tile_n;
-    const int64_t n = std::min(tile_n, H - n0);
-    const int64_t e = ws.tile_expert[tile_index];
-    const TileRows rows = LiveRows(ws, tile_index);
+  ParallelFor(NumTasks(ws, tile_n, H), [&](int64_t task_id) {
+    const TileTask rows = MakeTask(ws, task_id, tile_n, H);
+    const int64_t e = rows.expert, n0 = rows.n0, n = rows.n;
     const int64_t R = static_cast<int64_t>(rows.row.size());
     std::vector<float> h(R * I), w(I);
     for (int64_t r = 0; r < R; ++r)
