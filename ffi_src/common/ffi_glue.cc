@@ -1,18 +1,21 @@
 #include "common/ffi_glue.h"
 
 #include <initializer_list>
-#include <sstream>
+#include "common/str_cat.h"
 #include <vector>
 
 namespace jax_moe {
 namespace {
 
-std::string DimsString(ffi::Span<const int64_t> dims) {
-  std::ostringstream s;
-  s << '[';
-  for (size_t i = 0; i < dims.size(); ++i) s << (i ? ", " : "") << dims[i];
-  s << ']';
-  return s.str();
+template <typename Dims>
+std::string DimsString(const Dims& dims) {
+  std::string s = "[";
+  bool first = true;
+  for (int64_t d : dims) {
+    s += StrCat(first ? "" : ", ", d);
+    first = false;
+  }
+  return s + "]";
 }
 
 // Collects the first mismatch between operands and the expected signature.
@@ -26,14 +29,10 @@ class Checker {
     bool ok = b.element_type() == dtype && actual.size() == dims.size();
     size_t i = 0;
     for (int64_t d : dims) ok = ok && actual[i++] == d;
-    if (!ok) {
-      std::ostringstream s;
-      s << name << ": expected dtype " << static_cast<int>(dtype) << " shape "
-        << DimsString(ffi::Span<const int64_t>(std::vector<int64_t>(dims).data(), dims.size()))
-        << ", got dtype " << static_cast<int>(b.element_type()) << " shape "
-        << DimsString(actual);
-      error_ = s.str();
-    }
+    if (!ok)
+      error_ = StrCat(name, ": expected dtype ", static_cast<int>(dtype), " shape ",
+                      DimsString(dims), ", got dtype ", static_cast<int>(b.element_type()),
+                      " shape ", DimsString(actual));
     return ok;
   }
   void Fail(const std::string& msg) {
@@ -50,10 +49,9 @@ class Checker {
 ffi::Error DecodeCall(bool routed, ffi::RemainingArgs args, ffi::RemainingRets rets,
                       const MoeAttrs& a, MoeProblem* p, MoeBuffers* bufs) {
   if (args.size() != kNumOperands || rets.size() != kNumResults) {
-    std::ostringstream s;
-    s << "expected " << kNumOperands << " operands and " << kNumResults << " results, got "
-      << args.size() << " and " << rets.size();
-    return ffi::Error::InvalidArgument(s.str());
+    return ffi::Error::InvalidArgument(StrCat("expected ", kNumOperands, " operands and ",
+                                              kNumResults, " results, got ", args.size(),
+                                              " and ", rets.size()));
   }
   std::vector<ffi::AnyBuffer> in;
   for (size_t i = 0; i < kNumOperands; ++i) {

@@ -1,6 +1,6 @@
 #include "common/problem.h"
 
-#include <sstream>
+#include "common/str_cat.h"
 
 namespace jax_moe {
 namespace {
@@ -10,52 +10,44 @@ size_t AlignUp(size_t x, size_t a) { return (x + a - 1) / a * a; }
 }  // namespace
 
 std::string ValidateProblem(const MoeProblem& p) {
-  std::ostringstream err;
+  std::string err;
   const auto& r = p.routing;
   const int64_t H = p.hidden_size, I = p.intermediate_size;
-  if (p.num_tokens < 1) err << "num_tokens must be >= 1, got " << p.num_tokens << ". ";
+  if (p.num_tokens < 1) err += StrCat("num_tokens must be >= 1, got ", p.num_tokens, ". ");
   if (!IsFp4(p.weight_format))
-    err << "weight_format must be NVFP4 or MXFP4, got " << static_cast<int64_t>(p.weight_format)
-        << ". ";
+    err += StrCat("weight_format must be NVFP4 or MXFP4, got ", static_cast<int64_t>(p.weight_format), ". ");
   const int wb = BlockSize(p.weight_format);
   if (wb && (H % wb || I % wb))
-    err << "hidden_size (" << H << ") and intermediate_size (" << I
-        << ") must be multiples of the weight block " << wb << ". ";
+    err += StrCat("hidden_size (", H, ") and intermediate_size (", I, ") must be multiples of the weight block ", wb, ". ");
   const int ab = BlockSize(p.act_format);
-  if (p.act_format == Format::kMXFP4) err << "act_format MXFP4 is not supported. ";
+  if (p.act_format == Format::kMXFP4) err += StrCat("act_format MXFP4 is not supported. ");
   if (ab && (H % ab || I % ab))
-    err << "hidden_size (" << H << ") and intermediate_size (" << I
-        << ") must be multiples of the activation block " << ab << ". ";
+    err += StrCat("hidden_size (", H, ") and intermediate_size (", I, ") must be multiples of the activation block ", ab, ". ");
   if (r.num_experts < 1 || r.num_experts > kMaxExperts)
-    err << "num_experts must be in [1, " << kMaxExperts << "], got " << r.num_experts << ". ";
+    err += StrCat("num_experts must be in [1, ", kMaxExperts, "], got ", r.num_experts, ". ");
   if (r.top_k < 1 || r.top_k > r.num_experts || r.top_k > kMaxTopK)
-    err << "top_k must be in [1, min(num_experts, " << kMaxTopK << ")], got " << r.top_k << ". ";
+    err += StrCat("top_k must be in [1, min(num_experts, ", kMaxTopK, ")], got ", r.top_k, ". ");
   if (p.num_local_experts < 1 || p.local_expert_offset < 0 ||
       p.local_expert_offset + p.num_local_experts > r.num_experts)
-    err << "local experts [" << p.local_expert_offset << ", "
-        << p.local_expert_offset + p.num_local_experts << ") must lie inside [0, "
-        << r.num_experts << "). ";
+    err += StrCat("local experts [", p.local_expert_offset, ", ", p.local_expert_offset + p.num_local_experts, ") must lie inside [0, ", r.num_experts, "). ");
   if (!p.routed) {
     if (r.method == RoutingMethod::kLLAMA4 && r.top_k != 1)
-      err << "LLAMA4 routing needs top_k == 1, got " << r.top_k << ". ";
+      err += StrCat("LLAMA4 routing needs top_k == 1, got ", r.top_k, ". ");
     if (r.method == RoutingMethod::kDEEPSEEK_V3) {
       if (r.top_k > kMaxTopKDeepSeek)
-        err << "DEEPSEEK_V3 routing supports top_k <= " << kMaxTopKDeepSeek << ", got " << r.top_k
-            << ". ";
+        err += StrCat("DEEPSEEK_V3 routing supports top_k <= ", kMaxTopKDeepSeek, ", got ", r.top_k, ". ");
       if (r.n_group > 1) {
         if (r.n_group > kMaxGroups || r.num_experts % r.n_group)
-          err << "n_group (" << r.n_group << ") must divide num_experts (" << r.num_experts
-              << ") and be <= " << kMaxGroups << ". ";
+          err += StrCat("n_group (", r.n_group, ") must divide num_experts (", r.num_experts, ") and be <= ", kMaxGroups, ". ");
         else if (r.topk_group < 1 || r.topk_group > r.n_group ||
                  r.top_k > r.topk_group * (r.num_experts / r.n_group))
-          err << "topk_group (" << r.topk_group << ") must be in [1, n_group] and keep at least "
-              << "top_k experts. ";
+          err += StrCat("topk_group (", r.topk_group, ") must be in [1, n_group] and keep at least ", "top_k experts. ");
       }
     } else if (p.has_routing_bias) {
-      err << "routing_bias is only used by DEEPSEEK_V3 routing. ";
+      err += StrCat("routing_bias is only used by DEEPSEEK_V3 routing. ");
     }
   }
-  return err.str();
+  return err;
 }
 
 WorkspaceLayout PlanWorkspace(const MoeProblem& p, int64_t tile) {

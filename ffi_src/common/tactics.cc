@@ -1,7 +1,7 @@
 #include "common/tactics.h"
 
 #include <cmath>
-#include <sstream>
+#include "common/str_cat.h"
 
 namespace jax_moe {
 
@@ -21,26 +21,19 @@ uint64_t TacticTableHash() {
     h = (h ^ 0xff) * 1099511628211ull;
   };
   for (const Tactic& t : TacticTable()) {
-    std::ostringstream row;
-    row << t.name << '|' << static_cast<int64_t>(t.platform) << '|'
-        << static_cast<int64_t>(t.family) << '|' << t.tile_tokens << '|' << t.tile_n;
-    mix(row.str());
+    mix(StrCat(t.name, '|', static_cast<int64_t>(t.platform), '|', static_cast<int64_t>(t.family),
+               '|', t.tile_tokens, '|', t.tile_n));
   }
   return h;
 }
 
 std::string TacticInvalidReason(const MoeProblem& p, Platform platform, int64_t id) {
   const auto& table = TacticTable();
-  std::ostringstream err;
-  if (id < 0 || id >= static_cast<int64_t>(table.size())) {
-    err << "tactic " << id << " is not in the table (0.." << table.size() - 1 << ")";
-    return err.str();
-  }
+  if (id < 0 || id >= static_cast<int64_t>(table.size()))
+    return StrCat("tactic ", id, " is not in the table (0..", table.size() - 1, ")");
   const Tactic& t = table[id];
-  if (t.platform != platform) {
-    err << "tactic " << id << " (" << t.name << ") is for another platform";
-    return err.str();
-  }
+  if (t.platform != platform)
+    return StrCat("tactic ", id, " (", t.name, ") is for another platform");
   (void)p;  // CPU tactics run every supported problem.
   return "";
 }
