@@ -96,3 +96,15 @@ def assert_close(actual, expected, *, rel: float) -> None:
     assert err < rel, f"relative L2 error {err:.3e} >= {rel:.0e}"
     scale = max(float(np.abs(e).max()), 1e-6)
     assert np.abs(a - e).max() <= 50 * rel * scale, "max elementwise error too large"
+
+
+def run_op_and_reference(case: Case, **extra):
+    """(fp4_moe, reference.moe_reference) on the case, both jitted, same arguments."""
+    import jax_moe
+    from jax_moe import reference
+
+    kw = {**case.kwargs, **extra}
+    op = jax.jit(lambda h, l, a, b: jax_moe.fp4_moe(h, l, a, b, **kw))
+    ref = jax.jit(lambda h, l, a, b: reference.moe_reference(h, l, a, b, **kw))
+    args = (case.hidden, case.logits, case.w13, case.w2)
+    return op(*args), ref(*args)

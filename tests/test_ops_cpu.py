@@ -13,7 +13,7 @@ from jax_moe import formats, reference
 from jax_moe.activation import Activation
 from jax_moe.formats import Format
 from jax_moe.routing import RoutingMethod
-from moe_cases import assert_close, make_case
+from moe_cases import assert_close, make_case, run_op_and_reference as _run_both
 
 # fp32 accumulation on both sides; differences come from summation order and,
 # rarely, a bf16 / e2m1 rounding of h that lands on the other side of a tie.
@@ -21,13 +21,6 @@ REL_TOL = 5e-3
 
 ALL_COMBOS = list(itertools.product(RoutingMethod, Activation, (Format.NVFP4, Format.MXFP4),
                                     (Format.BF16, Format.MXFP8, Format.NVFP4)))
-
-
-def _run_both(case, **extra):
-    kw = {**case.kwargs, **extra}
-    op = jax.jit(lambda h, l, a, b: jax_moe.fp4_moe(h, l, a, b, **kw))
-    ref = jax.jit(lambda h, l, a, b: reference.moe_reference(h, l, a, b, **kw))
-    return op(case.hidden, case.logits, case.w13, case.w2), ref(case.hidden, case.logits, case.w13, case.w2)
 
 
 @pytest.mark.parametrize("method,act,wfmt,afmt", ALL_COMBOS,

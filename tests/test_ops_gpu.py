@@ -4,16 +4,14 @@ because `fp4_moe` then refuses to lower for CUDA (never a silent pass)."""
 
 import itertools
 
-import jax
 import pytest
 
 import jax_moe
-from jax_moe import reference
 from jax_moe.activation import Activation
 from jax_moe.formats import Format
 from jax_moe.models import MODELS
 from jax_moe.routing import RoutingMethod
-from moe_cases import assert_close, make_case
+from moe_cases import assert_close, make_case, run_op_and_reference
 
 pytestmark = pytest.mark.gpu
 
@@ -24,11 +22,7 @@ COMBOS = list(itertools.product(RoutingMethod, Activation, (Format.NVFP4, Format
 
 
 def _check(case, **extra):
-    kw = {**case.kwargs, **extra}
-    op = jax.jit(lambda h, l, a, b: jax_moe.fp4_moe(h, l, a, b, **kw))
-    ref = jax.jit(lambda h, l, a, b: reference.moe_reference(h, l, a, b, **kw))
-    assert_close(op(case.hidden, case.logits, case.w13, case.w2),
-                 ref(case.hidden, case.logits, case.w13, case.w2), rel=REL_TOL)
+    assert_close(*run_op_and_reference(case, **extra), rel=REL_TOL)
 
 
 @pytest.mark.parametrize("method,act,wfmt,afmt", COMBOS,
