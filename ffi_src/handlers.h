@@ -11,4 +11,17 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxMoeFp4MoeRoutedCpu);
 // CUDA (built when a CUDA compiler is found): ffi_src/cuda/moe_handler.cu
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxMoeFp4MoeCuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxMoeFp4MoeRoutedCuda);
+
+#include <cstdint>
+
+namespace jax_moe::cuda {
+// Host-side counters of the CUDA handlers (no device data): how many times
+// they ran, and how many of those ran while XLA was capturing the stream into
+// a CUDA graph. Tests use them to prove the op really went through a graph.
+struct HandlerStats {
+  int64_t calls;
+  int64_t captured_calls;
+};
+HandlerStats GetHandlerStats();
+}  // namespace jax_moe::cuda
 #endif

@@ -109,6 +109,8 @@ nb::list TacticRows() {
     row["family"] = static_cast<int64_t>(t.family);
     row["tile_tokens"] = t.tile_tokens;
     row["tile_n"] = t.tile_n;
+    row["tokens_per_warp"] = t.tokens_per_warp;
+    row["k_chunk"] = t.k_chunk;
     rows.append(row);
   }
   return rows;
@@ -152,6 +154,18 @@ NB_MODULE(_ffi, m) {
         return static_cast<int64_t>(PlanWorkspace(ProblemFromDict(d), table[id].tile_tokens).total);
       },
       "Bytes of the workspace output for the problem under a tactic.");
+#ifdef JAX_MOE_WITH_CUDA
+  m.def(
+      "cuda_handler_stats",
+      [] {
+        const cuda::HandlerStats s = cuda::GetHandlerStats();
+        nb::dict d;
+        d["calls"] = s.calls;
+        d["captured_calls"] = s.captured_calls;
+        return d;
+      },
+      "Calls of the CUDA handlers, and how many ran under CUDA-graph capture.");
+#endif
   nb::dict info;
 #ifdef JAX_MOE_WITH_CUDA
   info["cuda"] = true;

@@ -56,14 +56,15 @@ def _lowering(platform: str):
                 "jax_moe was built without its CUDA handlers (no CUDA compiler at build time, or "
                 "this version has none): run on the CPU or use jax_moe.reference."
             )
-        reason = tactics.invalid_reason(problem, attrs["tactic"], platform)
+        tactic = tactics.resolve(problem, attrs["tactic"], platform)
+        reason = tactics.invalid_reason(problem, tactic, platform)
         if reason:
             raise ValueError(
-                f"fp4_moe: {reason}; it was chosen for platform {tactics.current_platform()!r} but "
-                f"the computation lowers for {platform!r}. Pass tactic= explicitly "
-                f"(see jax_moe.valid_tactics) or trace on the default device."
+                f"fp4_moe: {reason}, but the computation lowers for {platform!r}. Pass a "
+                f"{platform} tactic (see jax_moe.valid_tactics(problem, {platform!r})) or "
+                f"tactic=None for the platform's default."
             )
-        return jax.ffi.ffi_lowering(target)(ctx, *args, **attrs)
+        return jax.ffi.ffi_lowering(target)(ctx, *args, **{**attrs, "tactic": tactic})
 
     return rule
 
@@ -95,8 +96,8 @@ def _batch(args, dims, *, target: str, problem: MoEProblem, **attrs):
         ]
         big = problem.with_tokens(size * problem.num_tokens)
         tactic = attrs["tactic"]
-        if tactics.invalid_reason(big, tactic):
-            tactic = tactics.default_tactic(big)
+        if tactic != tactics.AUTO and tactics.invalid_reason(big, tactic, tactics.tactic_platform(tactic)):
+            tactic = tactics.AUTO
         outs = fp4_moe_p.bind(*flat, target=target, problem=big, **{**attrs, "tactic": tactic})
         out, ids, weights, ws = outs
         unflat = [o.reshape((size, problem.num_tokens) + o.shape[1:]) for o in (out, ids, weights)]

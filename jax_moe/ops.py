@@ -149,10 +149,11 @@ def _moe(hidden_states, routing_operands, w13, w2, *, routed, top_k, num_experts
         routing_weight_on_input=routing_weight_on_input, do_finalize=do_finalize)
     tactics.check_problem(problem)
     if tactic is None:
-        tactic = tactics.default_tactic(problem)
+        # Resolved when lowering, for the platform the computation lowers to.
+        tactic = tactics.AUTO
     else:
         tactic = _static_int("tactic", tactic, 0)
-        reason = tactics.invalid_reason(problem, tactic)
+        reason = tactics.invalid_reason(problem, tactic, tactics.tactic_platform(tactic))
         if reason:
             names = ", ".join(f"{t.id} ({t.name})" for t in tactics.valid_tactics(problem))
             raise ValueError(f"tactic: {reason}; valid tactics for this problem: {names}")

@@ -26,7 +26,9 @@ class Tactic:
       platform: "cpu" or "cuda".
       family: kernel family id (see KernelFamily in ffi_src/common/tactics.h).
       tile_tokens: rows of a token tile (also the per-expert padding).
-      tile_n: output columns per work item.
+      tile_n: output columns (features) per work item.
+      tokens_per_warp: CUDA only: the token (N) extent of one warp's MMAs; 0 on the CPU.
+      k_chunk: CUDA only: K elements staged in shared memory at a time; 0 on the CPU.
     """
 
     id: int
@@ -35,6 +37,13 @@ class Tactic:
     family: int
     tile_tokens: int
     tile_n: int
+    tokens_per_warp: int = 0
+    k_chunk: int = 0
+
+
+# The `tactic` attribute value meaning "the heuristic default of whichever
+# platform the computation lowers to" (resolved in the lowering rule).
+AUTO = -1
 
 
 @functools.cache
@@ -56,6 +65,22 @@ def current_platform() -> str:
 
 def _platform(platform: str | None) -> str:
     return current_platform() if platform is None else ("cuda" if platform == "gpu" else platform)
+
+
+def tactic_platform(tactic: int) -> str:
+    """The platform a tactic id belongs to (the current platform for ids outside the table)."""
+    table = tactic_table()
+    return table[tactic].platform if 0 <= tactic < len(table) else current_platform()
+
+
+def built_platforms() -> tuple[str, ...]:
+    """Platforms this build has handlers (and tactics) for."""
+    return tuple(sorted({t.platform for t in tactic_table()} & ({"cpu", "cuda"} if _extension.has_cuda() else {"cpu"})))
+
+
+def resolve(problem: MoEProblem, tactic: int, platform: str) -> int:
+    """`tactic`, or the platform's default when it is AUTO."""
+    return default_tactic(problem, platform) if tactic == AUTO else int(tactic)
 
 
 def invalid_reason(problem: MoEProblem, tactic: int, platform: str | None = None) -> str:
@@ -82,7 +107,13 @@ def default_tactic(problem: MoEProblem, platform: str | None = None) -> int:
 
 
 def workspace_bytes(problem: MoEProblem, tactic: int) -> int:
-    """Bytes of the scratch output the handler needs for `problem` under `tactic`."""
+    """Bytes of the scratch output the handler needs for `problem` under `tactic`.
+
+    For AUTO: the largest need over the built platforms' defaults, since the
+    platform is only known when lowering (handlers accept a larger workspace).
+    """
+    if tactic == AUTO:
+        return max(workspace_bytes(problem, default_tactic(problem, p)) for p in built_platforms())
     return int(_extension.module().workspace_bytes(problem.to_dict(), int(tactic)))
 
 

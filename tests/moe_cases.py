@@ -7,6 +7,7 @@ same cases against `jax_moe.reference`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from typing import Any
 
@@ -36,6 +37,16 @@ class Case:
     kwargs: dict
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def random_expert_weights(key, E: int, N: int, K: int, fmt: Format) -> formats.QTensor:
+    """[E, N, K] weights ~ N(0, 1/K), quantized one expert at a time (NVFP4 with a
+    per-expert global scale), so model-sized stacks (DeepSeek-V3: 256 experts of
+    4096 x 7168) never exist in fp32 all at once."""
+    quant = {Format.NVFP4: formats.quantize_nvfp4, Format.MXFP4: formats.quantize_mxfp4}[fmt]
+    one = lambda k: quant(jax.random.normal(k, (N, K), jnp.float32) / np.sqrt(K))
+    return jax.lax.map(one, jax.random.split(key, E))
+
+
 def routing_kwargs(method: RoutingMethod, E: int, top_k: int, key) -> dict:
     """Static routing arguments that are valid for `method` (and a bias for DeepSeek)."""
     kw: dict = {"routing": method, "top_k": 1 if method == RoutingMethod.LLAMA4 else top_k}
@@ -60,10 +71,8 @@ def make_case(*, T: int, H: int, I: int, E: int, top_k: int,
     x = jax.random.normal(k[0], leading + (H,), jnp.float32)
     if logits is None:
         logits = 2.0 * jax.random.normal(k[1], leading + (E,), jnp.float32)
-    w13 = jax.random.normal(k[2], (E_local, 2 * I, H), jnp.float32) / np.sqrt(H)
-    w2 = jax.random.normal(k[3], (E_local, H, I), jnp.float32) / np.sqrt(I)
-    quant = {Format.NVFP4: lambda w: formats.quantize_nvfp4(w, per_expert=True),
-             Format.MXFP4: formats.quantize_mxfp4}[weight_format]
+    w13 = random_expert_weights(k[2], E_local, 2 * I, H, weight_format)
+    w2 = random_expert_weights(k[3], E_local, H, I, weight_format)
     if act_format == Format.MXFP8:
         hidden = formats.quantize_mxfp8(x)
     elif act_format == Format.NVFP4:
@@ -77,7 +86,7 @@ def make_case(*, T: int, H: int, I: int, E: int, top_k: int,
     if biases:
         kw["b13"] = 0.1 * jax.random.normal(k[5], (E_local, 2 * I), jnp.float32)
         kw["b2"] = 0.1 * jax.random.normal(k[6], (E_local, H), jnp.float32)
-    return Case(hidden, logits, quant(w13), quant(w2), kw)
+    return Case(hidden, logits, w13, w2, kw)
 
 
 def rel_l2(actual, expected) -> float:

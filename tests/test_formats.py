@@ -869,3 +869,16 @@ def test_nvfp4_dequantize_divides_exactly():
     expected = (prod / g[:, None, None, None]).reshape(e, 4, 32)
     _assert_bitwise_equal(F.dequantize(q), expected)
     _assert_bitwise_equal(jax.jit(lambda t: F.dequantize(t))(q), expected)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_e4m3_decode_all_codes_match_ml_dtypes(jit):
+    codes = np.arange(256, dtype=np.uint8)
+    expected = codes.view(E4M3).astype(np.float32)
+    f = jax.jit(F.e4m3_decode) if jit else F.e4m3_decode
+    for arg in (jnp.asarray(codes), jnp.asarray(codes.view(E4M3))):
+        got = np.asarray(f(arg))
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+        ok = ~np.isnan(expected)
+        np.testing.assert_array_equal(got[ok], expected[ok])
+        assert (np.signbit(got[ok]) == np.signbit(expected[ok])).all()

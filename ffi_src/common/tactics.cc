@@ -7,11 +7,22 @@ namespace jax_moe {
 
 const std::vector<Tactic>& TacticTable() {
   static const std::vector<Tactic> table = {
-      {"cpu_t4_n32", Platform::kCpu, KernelFamily::kCpuBlocked, 4, 32},
-      {"cpu_t16_n64", Platform::kCpu, KernelFamily::kCpuBlocked, 16, 64},
-      {"cpu_t64_n64", Platform::kCpu, KernelFamily::kCpuBlocked, 64, 64},
+      {"cpu_t4_n32", Platform::kCpu, KernelFamily::kCpuBlocked, 4, 32, 0, 0},
+      {"cpu_t16_n64", Platform::kCpu, KernelFamily::kCpuBlocked, 16, 64, 0, 0},
+      {"cpu_t64_n64", Platform::kCpu, KernelFamily::kCpuBlocked, 64, 64, 0, 0},
+#define JAX_MOE_CUDA_ROW(name, tt, tw, wn, kc) \
+  {#name, Platform::kCuda, KernelFamily::kCudaMmaSwapAB, tt, 32 * wn, tw, kc},
+      JAX_MOE_CUDA_TACTICS(JAX_MOE_CUDA_ROW)
+#undef JAX_MOE_CUDA_ROW
   };
   return table;
+}
+
+int64_t FirstCudaTactic() {
+  const auto& table = TacticTable();
+  for (size_t i = 0; i < table.size(); ++i)
+    if (table[i].platform == Platform::kCuda) return static_cast<int64_t>(i);
+  return static_cast<int64_t>(table.size());
 }
 
 uint64_t TacticTableHash() {
@@ -22,7 +33,7 @@ uint64_t TacticTableHash() {
   };
   for (const Tactic& t : TacticTable()) {
     mix(StrCat(t.name, '|', static_cast<int64_t>(t.platform), '|', static_cast<int64_t>(t.family),
-               '|', t.tile_tokens, '|', t.tile_n));
+               '|', t.tile_tokens, '|', t.tile_n, '|', t.tokens_per_warp, '|', t.k_chunk));
   }
   return h;
 }
@@ -34,7 +45,8 @@ std::string TacticInvalidReason(const MoeProblem& p, Platform platform, int64_t 
   const Tactic& t = table[id];
   if (t.platform != platform)
     return StrCat("tactic ", id, " (", t.name, ") is for another platform");
-  (void)p;  // CPU tactics run every supported problem.
+  (void)p;  // Every tactic runs every supported problem: the kernels guard
+            // partial tiles along tokens, features and K.
   return "";
 }
 

@@ -17,15 +17,41 @@ enum class Platform : int64_t { kCpu = 0, kCuda = 1 };
 
 enum class KernelFamily : int64_t {
   kCpuBlocked = 0,  // CPU: tiles of tokens share each decoded weight row
+  kCudaMmaSwapAB = 1,  // CUDA: mma.sync m16n8k16 bf16, weights on M (decoded FP4 in
+                       // registers), tokens on N (staged bf16 in shared memory)
 };
+
+// The CUDA rows, once: the table (tactics.cc) and the kernel instantiations
+// (cuda/gemm1.cu, cuda/gemm2.cu) both expand this list, so a tactic id always
+// names the kernel that was compiled for it.
+//   X(name, tile_tokens, tokens_per_warp, warps_n, k_chunk)
+// tile_tokens: token rows per block (= per-expert padding); tokens_per_warp:
+// the N extent of one warp's MMAs; warps_n: warps along the output features
+// (32 features each, so tile_n = 32 * warps_n); k_chunk: K elements staged in
+// shared memory at a time.
+// clang-format off
+#define JAX_MOE_CUDA_TACTICS(X)                      \
+  X(cuda_mma_t8_n128,    8,  8, 4, 512)              \
+  X(cuda_mma_t8_n64,     8,  8, 2, 512)              \
+  X(cuda_mma_t16_n128,  16, 16, 4, 512)              \
+  X(cuda_mma_t16_n256,  16, 16, 8, 512)              \
+  X(cuda_mma_t32_n128,  32, 32, 4, 512)              \
+  X(cuda_mma_t64_n128,  64, 32, 4, 256)              \
+  X(cuda_mma_t128_n64, 128, 32, 2, 128)
+// clang-format on
 
 struct Tactic {
   const char* name;
   Platform platform;
   KernelFamily family;
-  int64_t tile_tokens;  // rows of a token tile (also the per-expert padding)
-  int64_t tile_n;       // output columns per work item
+  int64_t tile_tokens;      // rows of a token tile (also the per-expert padding)
+  int64_t tile_n;           // output columns per work item
+  int64_t tokens_per_warp;  // CUDA: N extent of one warp (0 on the CPU)
+  int64_t k_chunk;          // CUDA: K elements per shared-memory stage (0 on the CPU)
 };
+
+// Index of the first CUDA row: CUDA rows follow the CPU rows in list order.
+int64_t FirstCudaTactic();
 
 const std::vector<Tactic>& TacticTable();
 

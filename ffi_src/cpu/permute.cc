@@ -8,20 +8,6 @@
 
 namespace jax_moe::cpu {
 
-Workspace ViewWorkspace(const WorkspaceLayout& l, uint8_t* base) {
-  auto i32 = [base](size_t off) { return reinterpret_cast<int32_t*>(base + off); };
-  return Workspace{l,
-                   i32(l.counts),
-                   i32(l.offsets),
-                   i32(l.expanded_to_permuted),
-                   i32(l.permuted_to_expanded),
-                   i32(l.tile_expert),
-                   i32(l.num_tiles),
-                   base + l.h,
-                   base + l.h_scale,
-                   reinterpret_cast<uint16_t*>(base + l.y)};
-}
-
 void Permute(const MoeProblem& p, const int32_t* ids, const Workspace& ws) {
   const int64_t El = p.num_local_experts, TK = p.expanded(), tile = ws.layout.tile;
   auto local = [&](int64_t ex) { return ids[ex] - p.local_expert_offset; };

@@ -4,23 +4,9 @@
 
 #include "common/ffi_glue.h"
 #include "common/problem.h"
+#include "common/workspace.h"
 
 namespace jax_moe::cpu {
-
-// Views of the workspace regions (see WorkspaceLayout).
-struct Workspace {
-  WorkspaceLayout layout;
-  int32_t* counts;
-  int32_t* offsets;
-  int32_t* expanded_to_permuted;
-  int32_t* permuted_to_expanded;
-  int32_t* tile_expert;
-  int32_t* num_tiles;
-  uint8_t* h;
-  uint8_t* h_scale;
-  uint16_t* y;  // bf16 bits
-};
-Workspace ViewWorkspace(const WorkspaceLayout& layout, uint8_t* base);
 
 // routing.cc: top-k ids and weights per token (or a copy of the given ones).
 void Route(const MoeProblem& p, const MoeBuffers& b);

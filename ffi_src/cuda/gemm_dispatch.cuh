@@ -1,0 +1,55 @@
+// Tactic id -> compiled GEMM instantiation. The table of function pointers is
+// expanded from JAX_MOE_CUDA_TACTICS, the same list the tactic table is built
+// from, so ids and kernels cannot drift apart.
+#pragma once
+
+#include "common/ffi_glue.h"
+#include "common/str_cat.h"
+#include "common/workspace.h"
+#include "common/tactics.h"
+#include "cuda/cuda_check.h"
+#include "cuda/gemm_mma.cuh"
+
+namespace jax_moe::cuda {
+
+using GemmLaunchFn = cudaError_t (*)(const GemmArgs&, int64_t, cudaStream_t);
+
+template <GemmStage ST>
+ffi::Error DispatchGemm(const GemmArgs& args, Format weight_format, int64_t tactic_id,
+                        int64_t max_tiles, cudaStream_t stream, const char* what) {
+#define JAX_MOE_GEMM_ENTRY(name, tt, tw, wn, kc) &LaunchMmaSwapAbGemm<tt, tw, wn, kc, WF, ST>,
+  static constexpr GemmLaunchFn kNvfp4[] = {
+#define WF Format::kNVFP4
+      JAX_MOE_CUDA_TACTICS(JAX_MOE_GEMM_ENTRY)
+#undef WF
+  };
+  static constexpr GemmLaunchFn kMxfp4[] = {
+#define WF Format::kMXFP4
+      JAX_MOE_CUDA_TACTICS(JAX_MOE_GEMM_ENTRY)
+#undef WF
+  };
+#undef JAX_MOE_GEMM_ENTRY
+  constexpr int64_t kCount = sizeof(kNvfp4) / sizeof(kNvfp4[0]);
+  const int64_t index = tactic_id - FirstCudaTactic();
+  if (index < 0 || index >= kCount)
+    return ffi::Error::InvalidArgument(StrCat(what, ": tactic ", tactic_id, " is not a CUDA tactic"));
+  if (max_tiles <= 0) return ffi::Error::Success();
+  const GemmLaunchFn fn = weight_format == Format::kNVFP4 ? kNvfp4[index] : kMxfp4[index];
+  return CudaError(fn(args, max_tiles, stream), what);
+}
+
+// The fields both GEMMs share: tiles, routing weights, activation.
+inline GemmArgs CommonGemmArgs(const MoeProblem& p, const MoeBuffers& b, const Workspace& ws) {
+  GemmArgs a{};
+  a.top_k = static_cast<int>(p.routing.top_k);
+  a.act_format = p.act_format;
+  a.permuted_to_expanded = ws.permuted_to_expanded;
+  a.tile_expert = ws.tile_expert;
+  a.num_tiles = ws.num_tiles;
+  a.topk_weights = b.topk_weights;
+  a.weight_on_input = p.routing_weight_on_input;
+  a.activation = p.activation;
+  return a;
+}
+
+}  // namespace jax_moe::cuda
