@@ -1,43 +1,68 @@
 #!/usr/bin/env bash
-# One batch on the lent GPU machine: build, CPU suite (CPU backend), GPU suite,
-# compute-sanitizer (memcheck + racecheck) on a small case; logs under $OUT.
-# Usage (device tool, repo root):
-#   bash benchmarks/gpu_check.sh [--quick] [extra pytest args for the GPU suite]
-#   --quick: skip the CPU suite and the sanitizers (iterate on the GPU suite).
+# One batch on the lent GPU machine; logs under $OUT. Usage (device tool, repo root):
+#   bash benchmarks/gpu_check.sh [steps] [-- extra pytest args for the GPU suite]
+# steps (default: build cpu gpu sanitize): any of
+#   build     pip install -e . (the extension, CUDA handlers included), ptxas report
+#   cpu       the CPU suite on the CPU backend
+#   gpu       pytest -m gpu
+#   sanitize  compute-sanitizer memcheck + racecheck on tests/cuda/sanitizer_harness.cu
+#             (a JAX-free driver of the CUDA stages: the sanitizer crashes inside JAX)
+#   bench     benchmarks/moe.py -> benchmarks/results/gpu_pipeline.{json,md}
 set -u
-QUICK=0
-if [ "${1:-}" = "--quick" ]; then QUICK=1; shift; fi
+STEPS=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do STEPS+=("$1"); shift; done
+[ "${1:-}" = "--" ] && shift
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(build cpu gpu sanitize)
+has() { [[ " ${STEPS[*]} " == *" $1 "* ]]; }
 OUT=${OUT:-/tmp/jax_moe_out}
 mkdir -p "$OUT"
 {
-  date -u; git rev-parse HEAD 2>/dev/null; nvidia-smi --query-gpu=name,driver_version --format=csv
+  date -u; git rev-parse HEAD 2>/dev/null; git status --short | head -5
+  nvidia-smi --query-gpu=name,driver_version --format=csv
   python3 -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())"
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-START=$(date +%s)
-if ! python3 -m pip install --no-build-isolation --no-deps -v -e . > "$OUT/build.log" 2>&1; then
-  grep -E "error" "$OUT/build.log" | head -40; tail -30 "$OUT/build.log"; exit 1
+if has build; then
+  START=$(date +%s)
+  if ! python3 -m pip install --no-build-isolation --no-deps -v -e . > "$OUT/build.log" 2>&1; then
+    grep -E "error" "$OUT/build.log" | head -40; tail -30 "$OUT/build.log"; exit 1
+  fi
+  echo "build: $(( $(date +%s) - START )) s"
+  grep -h "jax_moe:" "$OUT/build.log"
+  grep -h -E "registers|spill" "$OUT/build.log" | sort | uniq -c | sort -rn > "$OUT/ptxas.txt"
 fi
-echo "build: $(( $(date +%s) - START )) s"
-grep -h "jax_moe:" "$OUT/build.log"
-grep -h -E "registers|spill" "$OUT/build.log" | sort | uniq -c | sort -rn > "$OUT/ptxas.txt"
 
-if [ "$QUICK" = 0 ]; then
+if has cpu; then
   JAX_PLATFORMS=cpu python3 -m pytest -q -p no:cacheprovider -m "not gpu" > "$OUT/pytest_cpu.log" 2>&1
   echo "CPU suite: $(tail -1 "$OUT/pytest_cpu.log")"
 fi
 
-START=$(date +%s)
-python3 -m pytest -q -p no:cacheprovider -m gpu -rf --durations=15 "$@" > "$OUT/pytest_gpu.log" 2>&1
-echo "GPU suite ($(( $(date +%s) - START )) s): $(tail -1 "$OUT/pytest_gpu.log")"
-grep -E "^(FAILED|ERROR)" "$OUT/pytest_gpu.log" | head -40
+if has gpu; then
+  START=$(date +%s)
+  python3 -m pytest -q -p no:cacheprovider -m gpu -rf --durations=15 "$@" > "$OUT/pytest_gpu.log" 2>&1
+  echo "GPU suite ($(( $(date +%s) - START )) s): $(tail -1 "$OUT/pytest_gpu.log")"
+  grep -E "^(FAILED|ERROR)" "$OUT/pytest_gpu.log" | head -40
+fi
 
-if [ "$QUICK" = 0 ] && command -v compute-sanitizer > /dev/null; then
+if has sanitize; then
+  INC=$(python3 -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('jaxlib').origin).parent / 'include')")
+  START=$(date +%s)
+  nvcc -std=c++17 -arch=sm_90a -O2 -lineinfo --expt-relaxed-constexpr -isystem "$INC" -Iffi_src \
+    tests/cuda/sanitizer_harness.cu ffi_src/cuda/{routing,permute,gemm1,gemm2,finalize}.cu \
+    ffi_src/common/{problem,tactics}.cc -o "$OUT/sanitizer_harness" > "$OUT/harness_build.log" 2>&1 \
+    || { tail -20 "$OUT/harness_build.log"; exit 1; }
+  echo "harness build: $(( $(date +%s) - START )) s"
   for tool in memcheck racecheck; do
-    XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_ALLOCATOR=platform \
-      compute-sanitizer --tool "$tool" --kernel-name kns=jax_moe \
-      python3 tests/gpu_sanitizer_case.py > "$OUT/sanitizer_$tool.log" 2>&1
-    echo "compute-sanitizer $tool (rc $?): $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|sanitizer case" "$OUT/sanitizer_$tool.log" | tr '\n' ' ')"
+    compute-sanitizer --tool "$tool" --error-exitcode 3 "$OUT/sanitizer_harness" > "$OUT/sanitizer_$tool.log" 2>&1
+    echo "compute-sanitizer $tool (rc $?): $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|sanitizer harness" "$OUT/sanitizer_$tool.log" | tr '\n' ' ')"
   done
+  rm -f "$OUT/sanitizer_harness"
+fi
+
+if has bench; then
+  GPU_TESTS=$(tail -1 "$OUT/pytest_gpu.log" 2>/dev/null | tr -d '=')
+  python3 benchmarks/moe.py --gpu-tests "$GPU_TESTS" > "$OUT/bench.log" 2>&1
+  cat "$OUT/bench.log" | grep -v -i warn | tail -20
+  cp benchmarks/results/gpu_pipeline.* "$OUT/" 2>/dev/null
 fi
