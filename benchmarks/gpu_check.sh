@@ -17,7 +17,7 @@ has() { [[ " ${STEPS[*]} " == *" $1 "* ]]; }
 OUT=${OUT:-/tmp/jax_moe_out}
 mkdir -p "$OUT"
 {
-  date -u; git rev-parse HEAD 2>/dev/null; git status --short | head -5
+  date -u; echo "commit: ${JAX_MOE_COMMIT:-$(git rev-parse HEAD 2>/dev/null)} (JAX_MOE_COMMIT pins it: the device copy's git metadata may be stale)"
   nvidia-smi --query-gpu=name,driver_version --format=csv
   python3 -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())"
 } > "$OUT/env.txt" 2>&1
@@ -62,7 +62,7 @@ fi
 
 if has bench; then
   GPU_TESTS=$(tail -1 "$OUT/pytest_gpu.log" 2>/dev/null | tr -d '=')
-  python3 benchmarks/moe.py --gpu-tests "$GPU_TESTS" > "$OUT/bench.log" 2>&1
+  python3 -X faulthandler benchmarks/moe.py --gpu-tests "$GPU_TESTS" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
   cat "$OUT/bench.log" | grep -v -i warn | tail -20
   cp benchmarks/results/gpu_pipeline.* "$OUT/" 2>/dev/null
 fi

@@ -114,7 +114,9 @@ def main() -> None:
     rows = []
     for name in a.models.split(","):
         rows += bench_model(name, [int(t) for t in a.tokens.split(",")], Format[a.weights.upper()], a.reps, copy_bw)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # The device copy of the tree may carry stale git metadata: the caller can pin the commit.
+    commit = os.environ.get("JAX_MOE_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = dict(device=jax.devices()[0].device_kind, date=datetime.date.today().isoformat(), commit=commit,
                   jax=jax.__version__, copy_bw_GBs=copy_bw / 1e9, rows=rows, gpu_tests=a.gpu_tests)
     with open(a.out + ".json", "w") as f:
