@@ -114,6 +114,10 @@ def main() -> None:
     rows = []
     for name in a.models.split(","):
         rows += bench_model(name, [int(t) for t in a.tokens.split(",")], Format[a.weights.upper()], a.reps, copy_bw)
+        write_results(a, rows, copy_bw)  # after each model: a later crash keeps what was measured
+
+
+def write_results(a, rows: list[dict], copy_bw: float) -> None:
     # The device copy of the tree may carry stale git metadata: the caller can pin the commit.
     commit = os.environ.get("JAX_MOE_COMMIT") or subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -131,7 +135,6 @@ def main() -> None:
                     f"{r['time_over_mem_floor']:.2f} | {r['experts_touched']:.1f} | {r['tactic']} |\n")
         if a.gpu_tests:
             f.write(f"\nGPU tests (`pytest -m gpu`, same machine): {a.gpu_tests}\n")
-
 
 if __name__ == "__main__":
     main()
