@@ -8,6 +8,7 @@
 #   sanitize  compute-sanitizer memcheck + racecheck on tests/cuda/sanitizer_harness.cu
 #             (a JAX-free driver of the CUDA stages: the sanitizer crashes inside JAX)
 #   bench     benchmarks/moe.py -> benchmarks/results/gpu_pipeline.{json,md}
+#   tune      benchmarks/tune.py -> benchmarks/results/autotune.{json,md} (tuned vs default)
 set -u
 STEPS=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do STEPS+=("$1"); shift; done
@@ -65,4 +66,10 @@ if has bench; then
   python3 -X faulthandler benchmarks/moe.py --gpu-tests "$GPU_TESTS" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
   cat "$OUT/bench.log" | grep -v -i warn | tail -20
   cp benchmarks/results/gpu_pipeline.* "$OUT/" 2>/dev/null
+fi
+
+if has tune; then
+  python3 -X faulthandler benchmarks/tune.py ${TUNE_ARGS:-} > "$OUT/tune.log" 2>&1
+  grep -v -i warn "$OUT/tune.log" | tail -30
+  cp benchmarks/results/autotune.* "$OUT/" 2>/dev/null
 fi

@@ -19,7 +19,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
@@ -28,22 +27,18 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jax_moe  # noqa: E402
+import importlib  # noqa: E402
 from jax_moe import tactics  # noqa: E402
 from jax_moe.formats import Format  # noqa: E402
 from jax_moe.models import MODELS  # noqa: E402
 from moe_cases import random_expert_weights  # noqa: E402
 
+_autotune = importlib.import_module("jax_moe.autotune")
+
 
 def median_time(fn, args, reps: int) -> tuple[float, float]:
-    """(median, IQR) seconds of fn(*args) after a warm-up."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    q1, med, q3 = np.percentile(times, [25, 50, 75])
-    return float(med), float(q3 - q1)
+    """(median, IQR) seconds of fn(*args) after a warm-up (the autotuner's timer)."""
+    return _autotune.median_time(fn, args, reps, warmup=True)
 
 
 def copy_bandwidth(reps: int) -> float:

@@ -3,12 +3,14 @@
 Public surface:
   fp4_moe, fp4_moe_routed      the fused MoE layer (one XLA custom call)
   valid_tactics, default_tactic, MoEProblem, Tactic   kernel configurations
+  autotune, tune, bucket_of    jit-time tactic tuning per token bucket, persistent cache
   formats                      NVFP4/MXFP4/MXFP8 quantization and QTensor
   reference                    the pure-jnp oracle (moe_reference, moe_reference_routed)
   RoutingMethod, Activation, Format   enums (mirrored from ffi_src/common/enums.h)
 """
 
 from jax_moe import formats, reference
+from jax_moe.autotune import autotune, bucket_of, tune
 from jax_moe.activation import Activation
 from jax_moe.formats import Format, QTensor
 from jax_moe.ops import fp4_moe, fp4_moe_routed
@@ -25,10 +27,13 @@ __all__ = [
     "QTensor",
     "RoutingMethod",
     "Tactic",
+    "autotune",
+    "bucket_of",
     "default_tactic",
     "formats",
     "fp4_moe",
     "fp4_moe_routed",
     "reference",
+    "tune",
     "valid_tactics",
 ]

@@ -29,20 +29,26 @@ _TOKEN_OPERANDS_LOGITS = (0, 1, 3)
 _TOKEN_OPERANDS_ROUTED = (0, 1, 3, 4)
 
 
-def _result_avals(problem: MoEProblem, tactic: int) -> tuple[jax.core.ShapedArray, ...]:
+def _workspace_bytes(problem: MoEProblem, tactic: int, tactic_is_hint: bool) -> int:
+    """A hinted tactic may be replaced by a platform default when lowering: size for both."""
+    need = tactics.workspace_bytes(problem, tactic)
+    return max(need, tactics.workspace_bytes(problem, tactics.AUTO)) if tactic_is_hint else need
+
+
+def _result_avals(problem: MoEProblem, tactic: int, tactic_is_hint: bool = False) -> tuple[jax.core.ShapedArray, ...]:
     T, H, K = problem.num_tokens, problem.hidden_size, problem.top_k
     out_shape = (T, H) if problem.do_finalize else (T, K, H)
     return (
         jax.core.ShapedArray(out_shape, jnp.bfloat16),
         jax.core.ShapedArray((T, K), jnp.int32),
         jax.core.ShapedArray((T, K), jnp.float32),
-        jax.core.ShapedArray((tactics.workspace_bytes(problem, tactic),), jnp.uint8),
+        jax.core.ShapedArray((_workspace_bytes(problem, tactic, tactic_is_hint),), jnp.uint8),
     )
 
 
-def _abstract_eval(*avals, target: str, problem: MoEProblem, **attrs):
+def _abstract_eval(*avals, target: str, problem: MoEProblem, tactic_is_hint: bool, **attrs):
     del avals, target
-    return _result_avals(problem, attrs["tactic"])
+    return _result_avals(problem, attrs["tactic"], tactic_is_hint)
 
 
 def _impl(*args, **params):
@@ -50,13 +56,15 @@ def _impl(*args, **params):
 
 
 def _lowering(platform: str):
-    def rule(ctx, *args, target: str, problem: MoEProblem, **attrs):
+    def rule(ctx, *args, target: str, problem: MoEProblem, tactic_is_hint: bool, **attrs):
         if platform == "cuda" and not _extension.has_cuda():
             raise RuntimeError(
                 "jax_moe was built without its CUDA handlers (no CUDA compiler at build time, or "
                 "this version has none): run on the CPU or use jax_moe.reference."
             )
         tactic = tactics.resolve(problem, attrs["tactic"], platform)
+        if tactic_is_hint and tactics.invalid_reason(problem, tactic, platform):
+            tactic = tactics.default_tactic(problem, platform)  # tuned for another platform
         reason = tactics.invalid_reason(problem, tactic, platform)
         if reason:
             raise ValueError(
@@ -77,7 +85,7 @@ def _no_differentiation(primals, tangents, **params):
     )
 
 
-def _batch(args, dims, *, target: str, problem: MoEProblem, **attrs):
+def _batch(args, dims, *, target: str, problem: MoEProblem, tactic_is_hint: bool, **attrs):
     """vmap: fold the batch into the token dimension when only per-token
     operands are batched (one call over B*T tokens); otherwise map sequentially."""
     token_ops = _TOKEN_OPERANDS_ROUTED if problem.routed else _TOKEN_OPERANDS_LOGITS
@@ -98,7 +106,8 @@ def _batch(args, dims, *, target: str, problem: MoEProblem, **attrs):
         tactic = attrs["tactic"]
         if tactic != tactics.AUTO and tactics.invalid_reason(big, tactic, tactics.tactic_platform(tactic)):
             tactic = tactics.AUTO
-        outs = fp4_moe_p.bind(*flat, target=target, problem=big, **{**attrs, "tactic": tactic})
+        outs = fp4_moe_p.bind(*flat, target=target, problem=big, tactic_is_hint=tactic_is_hint,
+                              **{**attrs, "tactic": tactic})
         out, ids, weights, ws = outs
         unflat = [o.reshape((size, problem.num_tokens) + o.shape[1:]) for o in (out, ids, weights)]
         return [*unflat, ws], [0, 0, 0, None]
@@ -106,7 +115,7 @@ def _batch(args, dims, *, target: str, problem: MoEProblem, **attrs):
 
     def one(xs):
         full = [x if x is not None else a for x, a in zip(xs, args)]
-        return fp4_moe_p.bind(*full, target=target, problem=problem, **attrs)
+        return fp4_moe_p.bind(*full, target=target, problem=problem, tactic_is_hint=tactic_is_hint, **attrs)
 
     outs = jax.lax.map(one, moved)
     return list(outs), [0, 0, 0, 0]
@@ -143,11 +152,17 @@ def ffi_attributes(problem: MoEProblem, *, routed_scaling_factor: float, swiglu_
     )
 
 
-def bind(operands, problem: MoEProblem, attrs: dict):
-    """Binds the primitive; returns (out, topk_ids, topk_weights) without the workspace."""
+def bind(operands, problem: MoEProblem, attrs: dict, *, tactic_is_hint: bool = False):
+    """Binds the primitive; returns (out, topk_ids, topk_weights) without the workspace.
+
+    `tactic_is_hint`: the tactic came from the autotuner, not the caller; if it
+    does not fit the platform the computation lowers to, that platform's
+    default replaces it (an explicit tactic that does not fit is an error).
+    """
     _extension.register_targets()
     target = "jax_moe_fp4_moe_routed" if problem.routed else "jax_moe_fp4_moe"
-    out, ids, weights, _ = fp4_moe_p.bind(*operands, target=target, problem=problem, **attrs)
+    out, ids, weights, _ = fp4_moe_p.bind(*operands, target=target, problem=problem,
+                                          tactic_is_hint=tactic_is_hint, **attrs)
     return out, ids, weights
 
 

@@ -16,6 +16,7 @@ Experts outside [local_expert_offset, local_expert_offset + E_local) contribute 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 from typing import Any
@@ -31,6 +32,9 @@ from jax_moe.problem import MoEProblem
 from jax_moe.routing import RoutingMethod
 
 logger = logging.getLogger("jax_moe")
+
+# The module (`jax_moe.autotune` the attribute is the public context manager).
+_autotune = importlib.import_module("jax_moe.autotune")
 
 ArrayLike = Any
 
@@ -148,9 +152,13 @@ def _moe(hidden_states, routing_operands, w13, w2, *, routed, top_k, num_experts
         has_b13=b13 is not None, has_b2=b2 is not None,
         routing_weight_on_input=routing_weight_on_input, do_finalize=do_finalize)
     tactics.check_problem(problem)
+    float_attrs = dict(routed_scaling_factor=routed_scaling_factor, swiglu_alpha=swiglu_alpha,
+                       swiglu_beta=swiglu_beta, swiglu_limit=swiglu_limit)
+    tactic_is_hint = tactic is None
     if tactic is None:
-        # Resolved when lowering, for the platform the computation lowers to.
-        tactic = tactics.AUTO
+        # The autotuner's choice (cached or tuned now), else AUTO: the heuristic
+        # default of the platform the computation lowers to.
+        tactic = _autotune.choose("fp4_moe_routed" if routed else "fp4_moe", problem, float_attrs)
     else:
         tactic = _static_int("tactic", tactic, 0)
         reason = tactics.invalid_reason(problem, tactic, tactics.tactic_platform(tactic))
@@ -167,10 +175,8 @@ def _moe(hidden_states, routing_operands, w13, w2, *, routed, top_k, num_experts
     h_global = jnp.asarray(1.0 if h_global_scale is None else h_global_scale, jnp.float32).reshape(1)
     operands = (x, xs, xg, *routing_operands, *w13_ops, empty if b13 is None else b13,
                 *w2_ops, empty if b2 is None else b2, h_global)
-    attrs = _primitive.ffi_attributes(
-        problem, routed_scaling_factor=routed_scaling_factor, swiglu_alpha=swiglu_alpha,
-        swiglu_beta=swiglu_beta, swiglu_limit=swiglu_limit, tactic=tactic)
-    out, ids, weights = _primitive.bind(operands, problem, attrs)
+    attrs = _primitive.ffi_attributes(problem, **float_attrs, tactic=tactic)
+    out, ids, weights = _primitive.bind(operands, problem, attrs, tactic_is_hint=tactic_is_hint)
     if do_finalize:
         return out.reshape(leading + (H,))
     return (out.reshape(leading + (K, H)), weights.reshape(leading + (K,)), ids.reshape(leading + (K,)))
@@ -260,8 +266,10 @@ def fp4_moe(
       do_finalize: True returns out [..., H]; False returns the per-(token, k)
         rows (y [..., K, H] bf16, weights [..., K] fp32, ids [..., K] int32),
         with y = 0 for non-local experts.
-      tactic: kernel configuration id (static; see `jax_moe.valid_tactics`);
-        None uses the heuristic default.
+      tactic: kernel configuration id (static; see `jax_moe.valid_tactics`).
+        None: the autotuner's tactic for this problem and token bucket (from
+        its cache, or tuned now inside `jax_moe.autotune()`), else the
+        heuristic default of the platform the computation lowers to.
 
     Returns:
       bf16 [..., H] (do_finalize) or the tuple described above.

@@ -117,3 +117,17 @@ def test_handler_errors_surface_as_exceptions(case):
            case.w2.global_scale, jnp.zeros((0,)), jnp.ones((1,)))
     with pytest.raises(Exception, match=r"weight_format must be NVFP4 or MXFP4"):
         jax.block_until_ready(_primitive.bind(ops, problem, attrs))
+
+
+def test_tactic_of_another_platform_is_a_lowering_error():
+    """tactic=None resolves per lowering platform; an explicit CUDA tactic on the CPU fails clearly."""
+    import jax_moe
+    from jax_moe import tactics
+
+    cuda = [t for t in tactics.tactic_table() if t.platform == "cuda"]
+    if not cuda or jax.default_backend() != "cpu":
+        pytest.skip("needs a build with CUDA tactics, lowering for the CPU")
+    case = make_case(T=4, H=64, I=32, E=4, top_k=2)
+    f = jax.jit(lambda h, l: jax_moe.fp4_moe(h, l, case.w13, case.w2, **case.kwargs, tactic=cuda[0].id))
+    with pytest.raises(ValueError, match="lowers for 'cpu'"):
+        f(case.hidden, case.logits)

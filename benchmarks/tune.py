@@ -1,0 +1,70 @@
+"""Tuned vs default tactic per token bucket (issue "Autotuner", GPU evidence).
+
+  python3 benchmarks/tune.py --models gpt-oss-120b,deepseek-v3 --out benchmarks/results/autotune
+
+For each model shape: `jax_moe.tune` over every bucket up to --max-tokens,
+timing every valid tactic (default included); prints and saves per bucket the
+default time, the tuned time and the gain, plus the wall time of tuning the
+whole layer configuration (target: < 60 s for gpt-oss-120b on an H100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import subprocess
+import time
+
+import jax
+
+import jax_moe
+from jax_moe.models import MODELS
+from jax_moe.formats import Format
+
+autotune = importlib.import_module("jax_moe.autotune")  # the module; jax_moe.autotune is the context manager
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="gpt-oss-120b,deepseek-v3")
+    ap.add_argument("--weights", default="nvfp4")
+    ap.add_argument("--max-tokens", type=int, default=16384)
+    ap.add_argument("--out", default="benchmarks/results/autotune")
+    a = ap.parse_args()
+    commit = os.environ.get("JAX_MOE_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    result = dict(device=jax.devices()[0].device_kind, date=datetime.date.today().isoformat(),
+                  commit=commit, jax=jax.__version__, models={})
+    for name in a.models.split(","):
+        m = MODELS[name]
+        problem = jax_moe.MoEProblem(1, m.hidden_size, m.intermediate_size, m.num_experts, m.num_experts,
+                                     m.top_k, weight_format=Format[a.weights.upper()],
+                                     routing_method=m.routing, n_group=m.n_group, topk_group=m.topk_group,
+                                     activation=m.activation, has_b13=m.biases, has_b2=m.biases)
+        t0 = time.perf_counter()
+        rows = jax_moe.tune(problem, buckets=autotune.all_buckets(a.max_tokens),
+                            routed_scaling_factor=m.routed_scaling_factor)
+        seconds = time.perf_counter() - t0
+        result["models"][name] = dict(tuning_s=seconds, rows=rows)
+        print(f"{name}: tuned {len(rows)} buckets in {seconds:.1f} s")
+        for r in rows:
+            print(f"  T<={r['bucket']:6d} default {r['default_time_us']:9.1f} us  tuned {r['time_us']:9.1f} us "
+                  f"x{r['gain']:.2f}  {r['name']}")
+    with open(a.out + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    with open(a.out + ".md", "w") as f:
+        f.write(f"# Tuned vs default tactic ({result['device']}, {result['date']}, commit {commit[:9]})\n\n")
+        for name, d in result["models"].items():
+            f.write(f"## {name} ({a.weights}, bf16 activations): tuning took {d['tuning_s']:.1f} s\n\n")
+            f.write("| bucket | default (us) | tuned (us) | gain | tuned tactic |\n|---|---|---|---|---|\n")
+            for r in d["rows"]:
+                f.write(f"| {r['bucket']} | {r['default_time_us']:.1f} | {r['time_us']:.1f} | "
+                        f"{r['gain']:.2f} | {r['name']} |\n")
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
