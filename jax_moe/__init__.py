@@ -5,6 +5,7 @@ Public surface:
   valid_tactics, default_tactic, MoEProblem, Tactic   kernel configurations
   autotune, tune, bucket_of    jit-time tactic tuning per token bucket, persistent cache
   formats                      NVFP4/MXFP4/MXFP8 quantization and QTensor
+  nn (import jax_moe.nn)       the Flax NNX MoE layer (needs flax)
   reference                    the pure-jnp oracle (moe_reference, moe_reference_routed)
   RoutingMethod, Activation, Format   enums (mirrored from ffi_src/common/enums.h)
 """
