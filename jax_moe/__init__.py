@@ -6,11 +6,12 @@ Public surface:
   autotune, tune, bucket_of    jit-time tactic tuning per token bucket, persistent cache
   formats                      NVFP4/MXFP4/MXFP8 quantization and QTensor
   nn (import jax_moe.nn)       the Flax NNX MoE layer (needs flax)
+  sharding                     expert parallelism over a mesh axis (expert_parallel_moe)
   reference                    the pure-jnp oracle (moe_reference, moe_reference_routed)
   RoutingMethod, Activation, Format   enums (mirrored from ffi_src/common/enums.h)
 """
 
-from jax_moe import formats, reference
+from jax_moe import formats, reference, sharding
 from jax_moe.autotune import autotune, bucket_of, tune
 from jax_moe.activation import Activation
 from jax_moe.formats import Format, QTensor
@@ -35,6 +36,7 @@ __all__ = [
     "fp4_moe",
     "fp4_moe_routed",
     "reference",
+    "sharding",
     "tune",
     "valid_tactics",
 ]

@@ -60,6 +60,10 @@ class MoE(nnx.Module):
       shared_intermediate_size: > 0 adds a dense SwiGLU expert of that width.
       dtype: dtype of the output and of the shared expert's weights.
       backend: "ffi" (default) or "reference"; tactic: None (autotuner/default) or an id.
+      expert_axis, mesh, ep_mode, token_axis: expert parallelism: the experts are
+        sharded over `mesh`'s `expert_axis` and the layer runs
+        `jax_moe.sharding.expert_parallel_moe` (mode "replicated" or "all_to_all";
+        `token_axis`: a data-parallel axis). E must divide by the axis size.
       rngs: nnx.Rngs for the router and the random experts.
     """
 
@@ -72,6 +76,8 @@ class MoE(nnx.Module):
                  weight_format: str | Format = "nvfp4", act_format: str | Format = "bf16",
                  h_global_scale: float | None = None, shared_intermediate_size: int = 0,
                  dtype: Any = jnp.bfloat16, backend: str = "ffi", tactic: int | None = None,
+                 expert_axis: str | None = None, mesh: Any = None, ep_mode: str = "replicated",
+                 token_axis: str | None = None,
                  rngs: nnx.Rngs, _experts: tuple[QTensor, QTensor] | None = None):
         E, K, H, I = (int(num_experts), int(top_k), int(hidden_size), int(intermediate_size))
         self.routing = RoutingMethod.parse(routing)
@@ -93,6 +99,14 @@ class MoE(nnx.Module):
                       f"H={H}, I={I}")
         if backend not in _BACKENDS:
             _fail("backend", f"one of {_BACKENDS}", repr(backend))
+        if expert_axis is not None:
+            if mesh is None or expert_axis not in mesh.shape:
+                _fail("mesh", f"a jax.sharding.Mesh with an axis {expert_axis!r}", mesh)
+            if E % mesh.shape[expert_axis]:
+                _fail("num_experts", f"a multiple of the {expert_axis!r} axis size {mesh.shape[expert_axis]}", E)
+            if backend != "ffi":
+                _fail("backend", "'ffi' with expert_axis (the reference has no expert sharding)", repr(backend))
+        self.expert_axis, self.mesh, self.ep_mode, self.token_axis = expert_axis, mesh, ep_mode, token_axis
         self.num_experts, self.top_k, self.hidden_size, self.intermediate_size = E, K, H, I
         self.n_group, self.topk_group = int(n_group), int(topk_group)
         self.routed_scaling_factor = float(routed_scaling_factor)
@@ -154,7 +168,13 @@ class MoE(nnx.Module):
                   b2=None if self.b2 is None else self.b2.get_value(),
                   h_global_scale=self.h_global_scale if self.act_format == Format.NVFP4 else None)
         logits = self.router_logits(x)
-        if self.backend == "ffi":
+        if self.expert_axis is not None:
+            from jax_moe import sharding
+
+            y = sharding.expert_parallel_moe(hidden, logits, w13, w2, mesh=self.mesh,
+                                             expert_axis=self.expert_axis, token_axis=self.token_axis,
+                                             mode=self.ep_mode, tactic=self.tactic, **kw)
+        elif self.backend == "ffi":
             y = ops.fp4_moe(hidden, logits, w13, w2, **kw, tactic=self.tactic)
         else:
             y = reference.moe_reference(hidden, logits, w13, w2, **kw)
