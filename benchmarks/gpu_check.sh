@@ -7,7 +7,7 @@
 #   gpu       pytest -m gpu
 #   sanitize  compute-sanitizer memcheck + racecheck on tests/cuda/sanitizer_harness.cu
 #             (a JAX-free driver of the CUDA stages: the sanitizer crashes inside JAX)
-#   bench     benchmarks/moe.py -> benchmarks/results/gpu_pipeline.{json,md}
+#   bench     python -m benchmarks.moe -> benchmarks/results/latest.{json,md,png} (BENCH_ARGS)
 #   tune      benchmarks/tune.py -> benchmarks/results/autotune.{json,md} (tuned vs default)
 set -u
 STEPS=()
@@ -63,9 +63,9 @@ fi
 
 if has bench; then
   GPU_TESTS=$(tail -1 "$OUT/pytest_gpu.log" 2>/dev/null | tr -d '=')
-  python3 -X faulthandler benchmarks/moe.py --gpu-tests "$GPU_TESTS" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
+  python3 -X faulthandler -m benchmarks.moe --gpu-tests "$GPU_TESTS" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
   cat "$OUT/bench.log" | grep -v -i warn | tail -20
-  cp benchmarks/results/gpu_pipeline.* "$OUT/" 2>/dev/null
+  cp benchmarks/results/latest.* "$OUT/" 2>/dev/null
 fi
 
 if has tune; then

@@ -1,19 +1,24 @@
-"""MoE layer timings on the GPU against the memory floor (first version: the
-issue "Performance" extends it with peers, tuning and the compute floor).
+"""The MoE layer benchmark of DESIGN.md section 8: jax_moe vs its peers and the
+H100's floors, all measured in one run.
 
-  python3 benchmarks/moe.py --tokens 1,64,512 --out benchmarks/results/gpu_pipeline
+  python3 -m benchmarks.moe --models gpt-oss-120b --tokens 1,8,64,512,4096,16384 \\
+      --weights nvfp4,mxfp4 --acts bf16 [--tune] [--peers ragged_dot,reference]
 
-Per (model, T): median time of `fp4_moe` (default tactic) inside one jitted
-executable that runs the layer on `copies` different weight copies in turn
-(so the touched experts are not served from the 50 MB L2), the bytes of the
-experts actually touched, and the memory floor = bytes / measured copy
-bandwidth (a 4 GiB device-to-device copy: bytes read + written).
+Per (model, T, weights, acts): median time of `fp4_moe` (default tactic, and the
+tuned one with --tune) inside one jitted executable that runs the layer on
+`copies` weight copies in turn (so the touched experts are not L2-resident);
+memory floor = bytes of the experts actually touched / copy bandwidth; compute
+floor = 2*T*K*3*H*I / bf16 matmul rate; the same layer in bf16 with
+`jax.lax.ragged_dot`; the jnp reference (T <= --reference-max-tokens).
+Writes <out>.json / <out>.md (schema: DESIGN.md section 8) and <out>.png when
+matplotlib is installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import math
 import os
@@ -21,14 +26,15 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jax_moe  # noqa: E402
-import importlib  # noqa: E402
-from jax_moe import tactics  # noqa: E402
+from benchmarks import peers, roofline  # noqa: E402
+from jax_moe import formats, reference, tactics  # noqa: E402
 from jax_moe.formats import Format  # noqa: E402
 from jax_moe.models import MODELS  # noqa: E402
 from moe_cases import random_expert_weights  # noqa: E402
@@ -41,25 +47,24 @@ def median_time(fn, args, reps: int) -> tuple[float, float]:
     return _autotune.median_time(fn, args, reps, warmup=True)
 
 
-def copy_bandwidth(reps: int) -> float:
-    x = jnp.ones((1 << 30,), jnp.float32)  # 4 GiB
-    f = jax.jit(lambda a: a + 1.0)
-    t, _ = median_time(f, (x,), reps)
-    return 2 * x.nbytes / t
-
-
 def expert_bytes(w) -> int:
     return int(w.data[0].nbytes + w.scale[0].nbytes)
 
 
-def bench_model(name: str, tokens: list[int], wfmt: Format, reps: int, copy_bw: float) -> list[dict]:
+def _hidden(x, acts: str):
+    if acts == "mxfp8":
+        return formats.quantize_mxfp8(x.astype(jnp.float32))
+    if acts == "nvfp4":
+        return formats.quantize_nvfp4(x.astype(jnp.float32))
+    return x
+
+
+def bench_model(name: str, tokens: list[int], wfmt: Format, acts: str, a, floors: dict) -> list[dict]:
     m = MODELS[name]
     E, K, H, I = m.num_experts, m.top_k, m.hidden_size, m.intermediate_size
-    rows = []
     key = jax.random.key(0)
-    probe13 = random_expert_weights(key, 1, 2 * I, H, wfmt)
-    probe2 = random_expert_weights(key, 1, H, I, wfmt)
-    per_expert = expert_bytes(probe13) + expert_bytes(probe2)
+    per_expert = (expert_bytes(random_expert_weights(key, 1, 2 * I, H, wfmt))
+                  + expert_bytes(random_expert_weights(key, 1, H, I, wfmt)))
     copies = int(min(8, max(1, math.ceil(2e9 / (per_expert * E)))))
     ws = [(random_expert_weights(jax.random.fold_in(key, 2 * c), E, 2 * I, H, wfmt),
            random_expert_weights(jax.random.fold_in(key, 2 * c + 1), E, H, I, wfmt)) for c in range(copies)]
@@ -67,69 +72,137 @@ def bench_model(name: str, tokens: list[int], wfmt: Format, reps: int, copy_bw: 
     if m.biases:
         kw["b13"] = 0.1 * jnp.ones((E, 2 * I), jnp.float32)
         kw["b2"] = 0.1 * jnp.ones((E, H), jnp.float32)
+    if acts == "nvfp4":
+        kw["h_global_scale"] = jnp.float32(448.0 * 6.0 / 8.0)
+    problem = jax_moe.MoEProblem(1, H, I, E, E, K, weight_format=wfmt, act_format=Format[acts.upper()],
+                                 routing_method=m.routing, n_group=m.n_group, topk_group=m.topk_group,
+                                 activation=m.activation, has_b13=m.biases, has_b2=m.biases)
+    bf16_w = peers.random_bf16_experts(jax.random.fold_in(key, 99), E, H, I) if "ragged_dot" in a.peers else None
+    rows = []
     for T in tokens:
         x = jax.random.normal(jax.random.fold_in(key, 1000 + T), (copies, T, H), jnp.bfloat16)
         logits = 2.0 * jax.random.normal(jax.random.fold_in(key, 2000 + T), (copies, T, E), jnp.float32)
 
-        @jax.jit
-        def layer(x, logits, ws):
-            acc = jnp.zeros((T, H), jnp.float32)
-            for c in range(copies):
-                acc = acc + jax_moe.fp4_moe(x[c], logits[c], ws[c][0], ws[c][1], **kw).astype(jnp.float32)
-            return acc
+        def layer_fn(tactic):
+            @jax.jit
+            def layer(x, logits, ws):
+                acc = jnp.zeros((T, H), jnp.float32)
+                for c in range(copies):
+                    out = jax_moe.fp4_moe(_hidden(x[c], acts), logits[c], ws[c][0], ws[c][1], **kw, tactic=tactic)
+                    acc = acc + out.astype(jnp.float32)
+                return acc
+            return layer
 
-        t, iqr = median_time(layer, (x, logits, ws), reps)
-        t /= copies
-        ids = [np.asarray(jax.jit(lambda l: jax_moe.fp4_moe(x[c], l, ws[c][0], ws[c][1], **kw,
-                                                             do_finalize=False)[2])(logits[c]))
-               for c in range(copies)]
-        touched = float(np.mean([len(np.unique(i)) for i in ids]))
-        floor = touched * per_expert / copy_bw
-        problem = jax_moe.MoEProblem(T, H, I, E, E, K, weight_format=wfmt)
-        tactic = tactics.tactic_table()[tactics.default_tactic(problem, "cuda")].name
-        rows.append(dict(model=name, T=T, weights=wfmt.name.lower(), acts="bf16", time_us=t * 1e6,
-                         iqr_us=iqr / copies * 1e6, tactic=tactic, experts_touched=touched,
-                         mem_floor_us=floor * 1e6, time_over_mem_floor=t / floor, copies=copies))
-        print(f"{name:14s} T={T:6d} {t * 1e6:10.1f} us  floor {floor * 1e6:8.1f} us  "
-              f"x{t / floor:6.2f}  experts {touched:6.1f}  {tactic}", flush=True)
+        p = problem.with_tokens(T)
+        default = tactics.default_tactic(p, tactics.current_platform())
+        t_default, iqr = median_time(layer_fn(default), (x, logits, ws), a.reps)
+        t_default /= copies
+        tuned, t_tuned = default, t_default
+        if a.tune:
+            choice = jax_moe.tune(p, buckets=[jax_moe.bucket_of(T)],
+                                  routed_scaling_factor=m.routed_scaling_factor)[0]
+            if choice["tactic"] != default:
+                tuned = choice["tactic"]
+                t_tuned = median_time(layer_fn(tuned), (x, logits, ws), a.reps)[0] / copies
+        ids = np.asarray(jax.jit(lambda l: jax_moe.fp4_moe(_hidden(x[0], acts), l, ws[0][0], ws[0][1], **kw,
+                                                              do_finalize=False)[2])(logits[0]))
+        touched = float(len(np.unique(ids)))
+        mem_floor, compute_floor = roofline.floors_us(touched_expert_bytes=touched * per_expert, T=T, K=K, H=H,
+                                                      I=I, copy_bw=floors["copy_bw"],
+                                                      matmul_rate=floors["matmul_rate"])
+        row = dict(model=name, T=T, weights=wfmt.name.lower(), acts=acts, time_us=t_tuned * 1e6,
+                   tactic=tactics.tactic_table()[tuned].name, default_time_us=t_default * 1e6,
+                   default_tactic=tactics.tactic_table()[default].name, iqr_us=iqr / copies * 1e6,
+                   mem_floor_us=mem_floor, compute_floor_us=compute_floor, experts_touched=touched,
+                   copies=copies, ragged_dot_bf16_us=None, reference_us=None)
+        if bf16_w is not None and acts == "bf16":
+            rd_kw = {k: v for k, v in kw.items() if k != "h_global_scale"}
+            f = jax.jit(lambda x, l, a, b: peers.ragged_dot_layer(x, l, a, b, **rd_kw))
+            try:
+                row["ragged_dot_bf16_us"] = median_time(f, (x[0], logits[0], *bf16_w), a.reps)[0] * 1e6
+            except Exception as exc:
+                row["ragged_dot_error"] = str(exc).splitlines()[0][:200]
+        if "reference" in a.peers and T <= a.reference_max_tokens:
+            f = jax.jit(lambda x, l, w13, w2: reference.moe_reference(_hidden(x, acts), l, w13, w2, **kw))
+            row["reference_us"] = median_time(f, (x[0], logits[0], *ws[0]), max(3, a.reps // 4))[0] * 1e6
+        rows.append(row)
+        print(f"{name:14s} {row['weights']}/{acts} T={T:6d} {row['time_us']:10.1f} us ({row['tactic']}) "
+              f"default {row['default_time_us']:10.1f}  mem floor {mem_floor:8.1f}  compute floor "
+              f"{compute_floor:8.1f}  ragged_dot {row['ragged_dot_bf16_us'] or float('nan'):10.1f}  "
+              f"reference {row['reference_us'] or float('nan'):10.1f}", flush=True)
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default=",".join(sorted(MODELS)))
-    ap.add_argument("--tokens", default="1,64,512")
-    ap.add_argument("--weights", default="nvfp4")
-    ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--out", default="benchmarks/results/gpu_pipeline")
-    ap.add_argument("--gpu-tests", default=None, help="pytest summary line to record")
-    a = ap.parse_args()
-    copy_bw = copy_bandwidth(a.reps)
-    print(f"copy bandwidth {copy_bw / 1e9:.0f} GB/s", flush=True)
-    rows = []
-    for name in a.models.split(","):
-        rows += bench_model(name, [int(t) for t in a.tokens.split(",")], Format[a.weights.upper()], a.reps, copy_bw)
-        write_results(a, rows, copy_bw)  # after each model: a later crash keeps what was measured
-
-
-def write_results(a, rows: list[dict], copy_bw: float) -> None:
-    # The device copy of the tree may carry stale git metadata: the caller can pin the commit.
-    commit = os.environ.get("JAX_MOE_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    result = dict(device=jax.devices()[0].device_kind, date=datetime.date.today().isoformat(), commit=commit,
-                  jax=jax.__version__, copy_bw_GBs=copy_bw / 1e9, rows=rows, gpu_tests=a.gpu_tests)
+def write_results(a, result: dict) -> None:
     with open(a.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
     with open(a.out + ".md", "w") as f:
-        f.write(f"# fp4_moe timings ({result['device']}, {result['date']}, commit {commit[:9]}, jax {jax.__version__})\n\n")
-        f.write(f"Copy bandwidth {copy_bw / 1e9:.0f} GB/s. Median of {a.reps} runs, default tactic, bf16 activations.\n\n")
-        f.write("| model | T | weights | time (us) | memory floor (us) | time / floor | experts touched | tactic |\n")
-        f.write("|---|---|---|---|---|---|---|---|\n")
-        for r in rows:
-            f.write(f"| {r['model']} | {r['T']} | {r['weights']} | {r['time_us']:.1f} | {r['mem_floor_us']:.1f} | "
-                    f"{r['time_over_mem_floor']:.2f} | {r['experts_touched']:.1f} | {r['tactic']} |\n")
-        if a.gpu_tests:
-            f.write(f"\nGPU tests (`pytest -m gpu`, same machine): {a.gpu_tests}\n")
+        f.write(f"# fp4_moe vs floors and peers ({result['device']}, {result['date']}, commit "
+                f"{result['commit'][:9]}, jax {result['jax']})\n\n")
+        f.write(f"Copy bandwidth {result['copy_bw_GBs']:.0f} GB/s, bf16 matmul {result['bf16_matmul_TFLOPs']:.0f} "
+                f"TFLOP/s (measured in this run). Medians of {a.reps} runs.\n\n")
+        f.write("| model | T | weights | acts | time (us) | tactic | default (us) | mem floor (us) | compute floor (us) "
+                "| time / max floor | ragged_dot bf16 (us) | reference (us) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+        fmt = lambda v: "-" if v is None else f"{v:.1f}"
+        for r in result["rows"]:
+            ratio = r["time_us"] / max(r["mem_floor_us"], r["compute_floor_us"])
+            f.write(f"| {r['model']} | {r['T']} | {r['weights']} | {r['acts']} | {r['time_us']:.1f} | {r['tactic']} | "
+                    f"{r['default_time_us']:.1f} | {r['mem_floor_us']:.1f} | {r['compute_floor_us']:.1f} | "
+                    f"{ratio:.2f} | {fmt(r['ragged_dot_bf16_us'])} | {fmt(r['reference_us'])} |\n")
+        if result.get("gpu_tests"):
+            f.write(f"\nGPU tests (`pytest -m gpu`, same machine): {result['gpu_tests']}\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install '.[bench]')")
+        return
+    groups = sorted({(r["model"], r["weights"], r["acts"]) for r in result["rows"]})
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    for ax, g in zip(axes[0], groups):
+        rs = sorted((r for r in result["rows"] if (r["model"], r["weights"], r["acts"]) == g), key=lambda r: r["T"])
+        Ts = [r["T"] for r in rs]
+        ax.loglog(Ts, [r["time_us"] for r in rs], "o-", label="jax_moe")
+        ax.loglog(Ts, [max(r["mem_floor_us"], r["compute_floor_us"]) for r in rs], "k--", label="floor")
+        if any(r["ragged_dot_bf16_us"] for r in rs):
+            ax.loglog(Ts, [r["ragged_dot_bf16_us"] or np.nan for r in rs], "s-", label="ragged_dot bf16")
+        ax.set_title(" / ".join(g)); ax.set_xlabel("tokens"); ax.set_ylabel("us"); ax.legend()
+    fig.tight_layout()
+    fig.savefig(a.out + ".png", dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(sorted(MODELS)))
+    ap.add_argument("--tokens", default="1,8,64,512,4096,16384")
+    ap.add_argument("--weights", default="nvfp4")
+    ap.add_argument("--acts", default="bf16")
+    ap.add_argument("--peers", default="ragged_dot,reference")
+    ap.add_argument("--reference-max-tokens", type=int, default=64)
+    ap.add_argument("--tune", action="store_true", help="tune each bucket and time the tuned tactic too")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--out", default="benchmarks/results/latest")
+    ap.add_argument("--gpu-tests", default=None, help="pytest summary line of the GPU suite to record")
+    a = ap.parse_args()
+    a.peers = set(filter(None, a.peers.split(",")))
+    floors = dict(copy_bw=roofline.copy_bandwidth(a.reps), matmul_rate=roofline.bf16_matmul_rate(a.reps))
+    print(f"copy bandwidth {floors['copy_bw'] / 1e9:.0f} GB/s, bf16 matmul {floors['matmul_rate'] / 1e12:.0f} TFLOP/s",
+          flush=True)
+    commit = os.environ.get("JAX_MOE_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    result = dict(device=jax.devices()[0].device_kind, date=datetime.date.today().isoformat(), commit=commit,
+                  jax=jax.__version__, copy_bw_GBs=floors["copy_bw"] / 1e9,
+                  bf16_matmul_TFLOPs=floors["matmul_rate"] / 1e12, rows=[], finalize=[], tuning_s={},
+                  gpu_tests=a.gpu_tests)
+    for name in a.models.split(","):
+        for w in a.weights.split(","):
+            for acts in a.acts.split(","):
+                result["rows"] += bench_model(name, [int(t) for t in a.tokens.split(",")], Format[w.upper()],
+                                              acts, a, floors)
+                write_results(a, result)  # after each group: a later crash keeps what was measured
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,40 @@
+"""The benchmark peers compute the same layer (a peer that computes something
+else would make every ratio meaningless)."""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from benchmarks import peers, roofline  # noqa: E402
+from jax_moe.activation import gated_activation  # noqa: E402
+from jax_moe.routing import route  # noqa: E402
+from moe_cases import assert_close  # noqa: E402
+
+
+@pytest.mark.parametrize("routing,activation", [("renormalize", "swiglu"), ("deepseek_v3", "swiglu_oai"),
+                                                ("default", "geglu")])
+def test_ragged_dot_layer_equals_dense_bf16_layer(routing, activation):
+    E, H, I, T, K = 8, 64, 32, 21, 2
+    w13, w2 = peers.random_bf16_experts(jax.random.key(0), E, H, I)
+    x = jax.random.normal(jax.random.key(1), (T, H), jnp.bfloat16)
+    logits = 2 * jax.random.normal(jax.random.key(2), (T, E))
+    kw = dict(n_group=2, topk_group=1) if routing == "deepseek_v3" else {}
+    out = peers.ragged_dot_layer(x, logits, w13, w2, top_k=K, routing=routing, activation=activation, **kw)
+    ids, w = route(logits, method=routing, top_k=K, **kw)
+    g = jnp.einsum("th,ehn->ten", x.astype(jnp.float32), w13.astype(jnp.float32))
+    h = gated_activation(g, activation).astype(jnp.bfloat16).astype(jnp.float32)
+    y = jnp.einsum("tei,eih->teh", h, w2.astype(jnp.float32))
+    expected = (w[..., None] * jnp.take_along_axis(y, ids[..., None], axis=1)).sum(1)
+    assert_close(out, expected, rel=1e-2)
+
+
+def test_floors_arithmetic():
+    mem, compute = roofline.floors_us(touched_expert_bytes=3e9, T=10, K=4, H=100, I=50, copy_bw=3e12,
+                                      matmul_rate=1e15)
+    assert np.isclose(mem, 1000.0) and np.isclose(compute, 2 * 10 * 4 * 3 * 100 * 50 / 1e15 * 1e6)
