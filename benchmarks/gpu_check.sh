@@ -9,6 +9,7 @@
 #             (a JAX-free driver of the CUDA stages: the sanitizer crashes inside JAX)
 #   bench     python -m benchmarks.moe -> benchmarks/results/latest.{json,md,png} (BENCH_ARGS)
 #   tune      benchmarks/tune.py -> benchmarks/results/autotune.{json,md} (tuned vs default)
+#   multigpu  pytest -m multigpu + benchmarks/ep.py -> benchmarks/results/ep.{json,md} (>= 2 GPUs)
 set -u
 STEPS=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do STEPS+=("$1"); shift; done
@@ -72,4 +73,12 @@ if has tune; then
   python3 -X faulthandler benchmarks/tune.py ${TUNE_ARGS:-} > "$OUT/tune.log" 2>&1
   grep -v -i warn "$OUT/tune.log" | tail -30
   cp benchmarks/results/autotune.* "$OUT/" 2>/dev/null
+fi
+
+if has multigpu; then
+  python3 -m pytest -q -p no:cacheprovider -m multigpu -rf > "$OUT/pytest_multigpu.log" 2>&1
+  echo "multigpu suite: $(tail -1 "$OUT/pytest_multigpu.log")"
+  python3 -X faulthandler benchmarks/ep.py ${EP_ARGS:-} > "$OUT/ep.log" 2>&1
+  grep -v -i warn "$OUT/ep.log" | tail -10
+  cp benchmarks/results/ep.* "$OUT/" 2>/dev/null
 fi

@@ -104,8 +104,10 @@ def bench_model(name: str, tokens: list[int], wfmt: Format, acts: str, a, floors
             if choice["tactic"] != default:
                 tuned = choice["tactic"]
                 t_tuned = median_time(layer_fn(tuned), (x, logits, ws), a.reps)[0] / copies
-        ids = np.asarray(jax.jit(lambda l: jax_moe.fp4_moe(_hidden(x[0], acts), l, ws[0][0], ws[0][1], **kw,
-                                                              do_finalize=False)[2])(logits[0]))
+        # Arrays go in as arguments: a closed-over array becomes an HLO constant
+        # (gigabytes of weights in the executable: the host runs out of memory).
+        ids = np.asarray(jax.jit(lambda x, l, w: jax_moe.fp4_moe(_hidden(x, acts), l, w[0], w[1], **kw,
+                                                                    do_finalize=False)[2])(x[0], logits[0], ws[0]))
         touched = float(len(np.unique(ids)))
         mem_floor, compute_floor = roofline.floors_us(touched_expert_bytes=touched * per_expert, T=T, K=K, H=H,
                                                       I=I, copy_bw=floors["copy_bw"],
@@ -133,6 +135,30 @@ def bench_model(name: str, tokens: list[int], wfmt: Format, acts: str, a, floors
     return rows
 
 
+def bench_finalize(a, copy_bw: float) -> list[dict]:
+    """The finalize kernels alone (vectorized vs scalar) on their own bytes."""
+    from jax_moe import _finalize
+
+    rows = []
+    for H, K in ((7168, 8), (2880, 4)):
+        for T in (256, 512, 4096):
+            k = jax.random.split(jax.random.key(T + H), 3)
+            y = jax.random.normal(k[0], (T * K, H), jnp.bfloat16)
+            e2p = jax.random.permutation(k[1], T * K).astype(jnp.int32)
+            w = jax.random.uniform(k[2], (T, K), jnp.float32)
+            nbytes = (T * K * H + T * H) * 2 + T * K * 8
+            row = dict(T=T, H=H, K=K, bytes=nbytes)
+            for kind, field in (("vectorized", "vec_us"), ("scalar", "scalar_us")):
+                f = jax.jit(lambda y, e, w, kind=kind: _finalize.finalize(y, e, w, kind=kind))
+                row[field] = median_time(f, (y, e2p, w), a.reps)[0] * 1e6
+            row["vec_fraction_of_copy_bw"] = nbytes / (row["vec_us"] * 1e-6) / copy_bw
+            row["vec_speedup_vs_scalar"] = row["scalar_us"] / row["vec_us"]
+            rows.append(row)
+            print(f"finalize T={T} H={H} K={K}: vectorized {row['vec_us']:.1f} us "
+                  f"({row['vec_fraction_of_copy_bw']:.0%} of copy BW), scalar {row['scalar_us']:.1f} us", flush=True)
+    return rows
+
+
 def write_results(a, result: dict) -> None:
     with open(a.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
@@ -149,6 +175,12 @@ def write_results(a, result: dict) -> None:
             f.write(f"| {r['model']} | {r['T']} | {r['weights']} | {r['acts']} | {r['time_us']:.1f} | {r['tactic']} | "
                     f"{r['default_time_us']:.1f} | {r['mem_floor_us']:.1f} | {r['compute_floor_us']:.1f} | "
                     f"{ratio:.2f} | {fmt(r['ragged_dot_bf16_us'])} | {fmt(r['reference_us'])} |\n")
+        if result["finalize"]:
+            f.write("\n| finalize T | H | K | vectorized (us) | scalar (us) | vec / scalar speedup | vec % of copy BW |\n"
+                    "|---|---|---|---|---|---|---|\n")
+            for r in result["finalize"]:
+                f.write(f"| {r['T']} | {r['H']} | {r['K']} | {r['vec_us']:.1f} | {r['scalar_us']:.1f} | "
+                        f"{r['vec_speedup_vs_scalar']:.2f} | {r['vec_fraction_of_copy_bw']:.0%} |\n")
         if result.get("gpu_tests"):
             f.write(f"\nGPU tests (`pytest -m gpu`, same machine): {result['gpu_tests']}\n")
     try:
@@ -185,6 +217,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", default="benchmarks/results/latest")
     ap.add_argument("--gpu-tests", default=None, help="pytest summary line of the GPU suite to record")
+    ap.add_argument("--no-finalize", action="store_true", help="skip the finalize kernel benchmark (GPU only)")
     a = ap.parse_args()
     a.peers = set(filter(None, a.peers.split(",")))
     floors = dict(copy_bw=roofline.copy_bandwidth(a.reps), matmul_rate=roofline.bf16_matmul_rate(a.reps))
@@ -196,6 +229,8 @@ def main() -> None:
                   jax=jax.__version__, copy_bw_GBs=floors["copy_bw"] / 1e9,
                   bf16_matmul_TFLOPs=floors["matmul_rate"] / 1e12, rows=[], finalize=[], tuning_s={},
                   gpu_tests=a.gpu_tests)
+    if not a.no_finalize and jax.default_backend() == "gpu":
+        result["finalize"] = bench_finalize(a, floors["copy_bw"])
     for name in a.models.split(","):
         for w in a.weights.split(","):
             for acts in a.acts.split(","):

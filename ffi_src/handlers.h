@@ -11,6 +11,8 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxMoeFp4MoeRoutedCpu);
 // CUDA (built when a CUDA compiler is found): ffi_src/cuda/moe_handler.cu
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxMoeFp4MoeCuda);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxMoeFp4MoeRoutedCuda);
+// The finalize stage alone (benchmarks/tests): ffi_src/cuda/finalize_handler.cu
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxMoeFinalizeCuda);
 
 #include <cstdint>
 

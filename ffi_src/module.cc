@@ -31,6 +31,7 @@ nb::dict Registrations() {
   nb::dict cuda;
   cuda["jax_moe_fp4_moe"] = Capsule(JaxMoeFp4MoeCuda);
   cuda["jax_moe_fp4_moe_routed"] = Capsule(JaxMoeFp4MoeRoutedCuda);
+  cuda["jax_moe_finalize"] = Capsule(JaxMoeFinalizeCuda);
   out["CUDA"] = cuda;
 #endif
   return out;

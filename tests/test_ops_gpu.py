@@ -193,3 +193,21 @@ def test_format_functions_agree_between_gpu_and_cpu():
             np.testing.assert_allclose(on_gpu, on_cpu, rtol=2.5e-7, atol=0, err_msg=name)
         else:
             np.testing.assert_array_equal(on_gpu, on_cpu, err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["auto", "vectorized", "scalar"])
+@pytest.mark.parametrize("T,K", [(1, 1), (5, 3), (256, 8), (512, 4), (300, 2)])
+@pytest.mark.parametrize("on_input", [False, True])
+def test_finalize_kernels_alone(kind, T, K, on_input):
+    from jax_moe import _finalize
+
+    H = 2880
+    k = jax.random.split(jax.random.key(T * 31 + K), 3)
+    R = T * K + 7
+    y = jax.random.normal(k[0], (R, H), jnp.bfloat16)
+    rows = jax.random.permutation(k[1], R)[: T * K].astype(jnp.int32)
+    rows = jnp.where(jnp.arange(T * K) % 5 == 3, -1, rows)  # some (t, k) pairs live on other devices
+    w = jax.random.uniform(k[2], (T, K), jnp.float32, 0.1, 1.0)
+    out = _finalize.finalize(y, rows, w, kind=kind, weight_on_input=on_input)
+    ref = _finalize.finalize_reference(y, rows, w, weight_on_input=on_input)
+    assert_close(out, ref, rel=1e-3)
