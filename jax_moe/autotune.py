@@ -482,9 +482,13 @@ class _Progress:
             if self.done == self.total:
                 sys.stderr.write("\n")
             sys.stderr.flush()
-        else:
+        elif logger.isEnabledFor(logging.INFO):
             logger.info("jax_moe autotune %s %d/%d (%.1fs): %s", self.what, self.done, self.total,
                         elapsed, message)
+        else:  # logging not configured for INFO: progress must still be visible
+            sys.stderr.write(f"jax_moe autotune {self.what} {self.done}/{self.total} "
+                             f"({elapsed:.1f}s): {message}\n")
+            sys.stderr.flush()
 
 
 def _tune_buckets(op: str, problem: MoEProblem, attrs: dict[str, Any], buckets: list[int],

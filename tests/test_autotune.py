@@ -264,3 +264,13 @@ def test_save_merges_with_what_another_process_wrote(tmp_path):
     at._state.entries["b"] = dict(tactic=1)
     at.save(path)
     assert set(json.loads(open(path).read())["entries"]) == {"a", "b"}
+
+
+def test_progress_is_visible_without_logging_configuration(capsys):
+    logging.getLogger("jax_moe").setLevel(logging.WARNING)
+    try:
+        jax_moe.tune(_problem(), buckets=[2, 4], reps=2)
+    finally:
+        logging.getLogger("jax_moe").setLevel(logging.NOTSET)
+    err = capsys.readouterr().err
+    assert "jax_moe autotune" in err and "2/2" in err
