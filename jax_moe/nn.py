@@ -8,7 +8,7 @@ output) and a `backend` switch: "ffi" (the custom call: CUDA on GPUs, the C++
 handler on the CPU) or "reference" (pure jnp, the same function).
 
 Build one with the constructor (random experts, for tests and new models),
-`MoE.from_dense` (quantizes dense expert weights), `MoE.from_gpt_oss` (takes
+`MoE.from_dense` (quantizes dense expert weights; `MoE.from_fused` for fused gate/up tensors in gate-up, up-gate or interleaved order), `MoE.from_gpt_oss` (takes
 gpt-oss's MXFP4 tensors as they are) or `from_hf_moe_block` (Mixtral,
 Qwen3-MoE and DeepSeek-V3 tensors as numpy arrays).
 
@@ -224,6 +224,28 @@ class MoE(nnx.Module):
                              b13=None if b_gate is None else jnp.concatenate(
                                  [jnp.asarray(b_gate, jnp.float32), jnp.asarray(b_up, jnp.float32)], axis=1),
                              b2=b_down, shared=shared, rngs=rngs, **kwargs)
+
+    @classmethod
+    def from_fused(cls, router: Any, w13: Any, w_down: Any, *, top_k: int, order: str = "gate_up",
+                   **kwargs: Any) -> "MoE":
+        """`from_dense` for checkpoints that fuse gate and up into one [E, 2I, H] tensor.
+
+        Args:
+          order: row order of `w13`: "gate_up" (gate rows then up rows, this
+            library's order), "up_gate" (FlashInfer / TRT-LLM) or "interleaved"
+            (gpt-oss: even rows gate, odd rows up).
+          Others: as `from_dense`.
+        """
+        w13 = jnp.asarray(w13, jnp.float32)
+        convert = {"gate_up": lambda w: w, "up_gate": formats.w13_from_up_first,
+                   "interleaved": formats.w13_from_interleaved}
+        if order not in convert:
+            _fail("order", f"one of {sorted(convert)}", repr(order))
+        if w13.ndim != 3 or w13.shape[1] % 2:
+            _fail("w13", "[E, 2I, H] with an even row count", tuple(w13.shape))
+        w13 = convert[order](w13)
+        I = w13.shape[1] // 2
+        return cls.from_dense(router, w13[:, :I], w13[:, I:], w_down, top_k=top_k, **kwargs)
 
     @classmethod
     def from_gpt_oss(cls, tensors: Mapping[str, Any], *, top_k: int = 4,

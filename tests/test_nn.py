@@ -232,3 +232,20 @@ def test_layer_on_the_gpu_matches_the_dense_layer(fmt):
     y = nnx.jit(lambda m, x: m(x))(layer, x)
     w13, w2 = layer.experts()
     assert_close(y, dense_layer(x, router.T, w13, w2, top_k=4), rel=REL)
+
+
+@pytest.mark.parametrize("order", ["gate_up", "up_gate", "interleaved"])
+def test_from_fused_orders_match_from_dense(order):
+    router, gate, up, down = _dense_weights(seed=31)
+    if order == "gate_up":
+        w13 = np.concatenate([gate, up], axis=1)
+    elif order == "up_gate":
+        w13 = np.concatenate([up, gate], axis=1)
+    else:
+        w13 = np.stack([gate, up], axis=2).reshape(gate.shape[0], -1, gate.shape[2])
+    fused = nn.MoE.from_fused(router, w13, down, top_k=2, order=order)
+    direct = nn.MoE.from_dense(router, gate, up, down, top_k=2)
+    x = jax.random.normal(jax.random.key(32), (9, 128), jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(fused(x), np.float32), np.asarray(direct(x), np.float32))
+    with pytest.raises(ValueError, match="order"):
+        nn.MoE.from_fused(router, w13, down, top_k=2, order="gate_then_up")
