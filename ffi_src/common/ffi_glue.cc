@@ -173,4 +173,19 @@ ffi::Error DecodeCall(bool routed, ffi::RemainingArgs args, ffi::RemainingRets r
   return ffi::Error::Success();
 }
 
+ffi::Error PrepareCall(const char* target, bool routed, Platform platform, ffi::RemainingArgs args,
+                       ffi::RemainingRets rets, const MoeAttrs& attrs, PreparedCall* call) {
+  MoeProblem& p = call->problem;
+  ffi::Error decoded = DecodeCall(routed, args, rets, attrs, &p, &call->buffers);
+  if (decoded.failure()) return decoded;
+  const std::string bad_tactic = TacticInvalidReason(p, platform, p.tactic);
+  if (!bad_tactic.empty()) return ffi::Error::InvalidArgument(StrCat(target, ": ", bad_tactic));
+  call->tactic = &TacticTable()[p.tactic];
+  call->layout = PlanWorkspace(p, call->tactic->tile_tokens);
+  if (call->buffers.workspace_bytes < call->layout.total)
+    return ffi::Error::InvalidArgument(StrCat(target, ": workspace of ", call->buffers.workspace_bytes,
+                                              " bytes, need ", call->layout.total));
+  return ffi::Error::Success();
+}
+
 }  // namespace jax_moe

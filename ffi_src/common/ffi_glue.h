@@ -25,6 +25,7 @@
 #include <string>
 
 #include "common/problem.h"
+#include "common/tactics.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace jax_moe {
@@ -99,6 +100,18 @@ struct MoeBuffers {
 // fills `problem` and `buffers`. Returns an InvalidArgument error on mismatch.
 ffi::Error DecodeCall(bool routed, ffi::RemainingArgs args, ffi::RemainingRets rets,
                       const MoeAttrs& attrs, MoeProblem* problem, MoeBuffers* buffers);
+
+// What every handler does before its stages: DecodeCall, then check that the
+// tactic belongs to `platform` and fits the problem, plan the workspace and
+// check that the workspace output is large enough. Errors name `target`.
+struct PreparedCall {
+  MoeProblem problem;
+  MoeBuffers buffers;
+  const Tactic* tactic = nullptr;
+  WorkspaceLayout layout;
+};
+ffi::Error PrepareCall(const char* target, bool routed, Platform platform, ffi::RemainingArgs args,
+                       ffi::RemainingRets rets, const MoeAttrs& attrs, PreparedCall* call);
 
 // True when JAX_MOE_POISON_OUTPUTS=1: handlers then fill every output and the
 // workspace with NaN/garbage before the stages run, so a test sees any element

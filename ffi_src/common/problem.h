@@ -35,6 +35,8 @@ struct MoeProblem {
   int64_t tactic = 0;
 
   int64_t expanded() const { return num_tokens * routing.top_k; }
+  // Elements of the `out` result: [T, H] finalized, or [T, K, H] per-(token, k) rows.
+  int64_t output_elements() const { return (do_finalize ? num_tokens : expanded()) * hidden_size; }
 };
 
 // Returns "" when the problem is supported, else a message naming what is not.

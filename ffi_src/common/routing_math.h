@@ -47,6 +47,36 @@ struct TopKList {
 
 JM_HD float Sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+// The routing weights of one token's chosen experts, from their selection
+// scores (descending, as selected) and the raw logits `x`. Shared by the CPU
+// and CUDA routing so both compute the same expressions in the same k order.
+JM_HD void RoutingWeights(const RoutingParams& p, const float* x, const float* score,
+                          const int32_t* index, float* weights) {
+  const int K = p.top_k;
+  switch (p.method) {
+    case RoutingMethod::kDEFAULT:  // the softmax probabilities themselves
+    case RoutingMethod::kTOPK:     // the raw logits
+      for (int k = 0; k < K; ++k) weights[k] = score[k];
+      return;
+    case RoutingMethod::kRENORMALIZE: {  // softmax over the k selected logits
+      float s = 0.0f;
+      for (int k = 0; k < K; ++k) s += expf(score[k] - score[0]);
+      for (int k = 0; k < K; ++k) weights[k] = expf(score[k] - score[0]) / s;
+      return;
+    }
+    case RoutingMethod::kLLAMA4:
+      for (int k = 0; k < K; ++k) weights[k] = Sigmoid(score[k]);
+      return;
+    case RoutingMethod::kDEEPSEEK_V3: {  // unbiased sigmoid, normalized and scaled
+      float s = 0.0f;
+      for (int k = 0; k < K; ++k) s += Sigmoid(x[index[k]]);
+      for (int k = 0; k < K; ++k)
+        weights[k] = Sigmoid(x[index[k]]) * p.routed_scaling_factor / (s + 1e-20f);
+      return;
+    }
+  }
+}
+
 // Routes one token. `x` holds the E logits (fp32), `bias` the DeepSeek-V3
 // correction bias or nullptr. Writes top_k ids and fp32 weights.
 JM_HD void RouteToken(const float* x, const float* bias, const RoutingParams& p, int32_t* ids,
@@ -59,23 +89,13 @@ JM_HD void RouteToken(const float* x, const float* bias, const RoutingParams& p,
       for (int e = 0; e < E; ++e) m = fmaxf(m, x[e]);
       for (int e = 0; e < E; ++e) s += expf(x[e] - m);
       for (int e = 0; e < E; ++e) top.Offer(expf(x[e] - m) / s, e);
-      for (int k = 0; k < K; ++k) weights[k] = top.score[k];
       break;
     }
-    case RoutingMethod::kRENORMALIZE: {
-      for (int e = 0; e < E; ++e) top.Offer(x[e], e);
-      float s = 0.0f;
-      for (int k = 0; k < K; ++k) s += expf(top.score[k] - top.score[0]);
-      for (int k = 0; k < K; ++k) weights[k] = expf(top.score[k] - top.score[0]) / s;
-      break;
-    }
+    case RoutingMethod::kRENORMALIZE:
     case RoutingMethod::kTOPK:
-    case RoutingMethod::kLLAMA4: {
+    case RoutingMethod::kLLAMA4:
       for (int e = 0; e < E; ++e) top.Offer(x[e], e);
-      for (int k = 0; k < K; ++k)
-        weights[k] = p.method == RoutingMethod::kLLAMA4 ? Sigmoid(top.score[k]) : top.score[k];
       break;
-    }
     case RoutingMethod::kDEEPSEEK_V3: {
       // Selection uses the biased score b = sigmoid(x) + bias; weights use the
       // unbiased sigmoid. Groups outside the kept ones are masked to -inf.
@@ -101,13 +121,10 @@ JM_HD void RouteToken(const float* x, const float* bias, const RoutingParams& p,
         const float b = Sigmoid(x[e]) + (bias ? bias[e] : 0.0f);
         top.Offer(kept[e / per_group] ? b : -INFINITY, e);
       }
-      float s = 0.0f;
-      for (int k = 0; k < K; ++k) s += Sigmoid(x[top.index[k]]);
-      for (int k = 0; k < K; ++k)
-        weights[k] = Sigmoid(x[top.index[k]]) * p.routed_scaling_factor / (s + 1e-20f);
       break;
     }
   }
+  RoutingWeights(p, x, top.score, top.index, weights);
   for (int k = 0; k < K; ++k) ids[k] = top.index[k];
 }
 

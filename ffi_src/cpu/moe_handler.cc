@@ -17,31 +17,23 @@ template <bool kRouted>
 ffi::Error MoeCpu(ffi::RemainingArgs args, ffi::RemainingRets rets, MoeAttrs attrs) {
   const char* target = kRouted ? "jax_moe_fp4_moe_routed (cpu)" : "jax_moe_fp4_moe (cpu)";
   return GuardHandler(target, [&]() -> ffi::Error {
-    MoeProblem p;
-    MoeBuffers b;
-    ffi::Error decoded = DecodeCall(kRouted, args, rets, attrs, &p, &b);
-    if (decoded.failure()) return decoded;
-    const std::string bad_tactic = TacticInvalidReason(p, Platform::kCpu, p.tactic);
-    if (!bad_tactic.empty()) return ffi::Error::InvalidArgument(std::string(target) + ": " + bad_tactic);
-    const Tactic& tactic = TacticTable()[p.tactic];
-    const WorkspaceLayout layout = PlanWorkspace(p, tactic.tile_tokens);
-    if (b.workspace_bytes < layout.total)
-      return ffi::Error::InvalidArgument(std::string(target) + ": workspace of " +
-                                         std::to_string(b.workspace_bytes) + " bytes, need " +
-                                         std::to_string(layout.total));
-    const Workspace ws = ViewWorkspace(layout, b.workspace);
+    PreparedCall call;
+    ffi::Error prepared = PrepareCall(target, kRouted, Platform::kCpu, args, rets, attrs, &call);
+    if (prepared.failure()) return prepared;
+    const MoeProblem& p = call.problem;
+    const MoeBuffers& b = call.buffers;
+    const Workspace ws = ViewWorkspace(call.layout, b.workspace);
     if (PoisonOutputs()) {
       // Test mode: anything a stage forgets to write stays NaN / garbage.
-      std::fill(b.out, b.out + p.expanded() * p.hidden_size / (p.do_finalize ? p.routing.top_k : 1),
-                uint16_t{0x7fc0});
+      std::fill(b.out, b.out + p.output_elements(), uint16_t{0x7fc0});
       std::fill(b.topk_weights, b.topk_weights + p.expanded(), std::nanf(""));
       std::fill(b.topk_ids, b.topk_ids + p.expanded(), -7);
-      std::fill(b.workspace, b.workspace + layout.total, uint8_t{0xff});
+      std::fill(b.workspace, b.workspace + call.layout.total, uint8_t{0xff});
     }
     Route(p, b);
     Permute(p, b.topk_ids, ws);
-    Gemm1Activation(p, b, ws, tactic.tile_n);
-    Gemm2(p, b, ws, tactic.tile_n);
+    Gemm1Activation(p, b, ws, call.tactic->tile_n);
+    Gemm2(p, b, ws, call.tactic->tile_n);
     Finalize(p, b, ws);
     return ffi::Error::Success();
   });

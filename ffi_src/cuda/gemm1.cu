@@ -6,7 +6,7 @@
 namespace jax_moe::cuda {
 
 ffi::Error LaunchGemm1(const MoeProblem& p, const MoeBuffers& b, const Workspace& ws,
-                       const Tactic& tactic, int64_t tactic_id, cudaStream_t stream) {
+                       int64_t tactic_id, cudaStream_t stream) {
   const int64_t H = p.hidden_size, I = p.intermediate_size;
   const int ab = BlockSize(p.act_format);
   GemmArgs a = CommonGemmArgs(p, b, ws);
@@ -29,7 +29,6 @@ ffi::Error LaunchGemm1(const MoeProblem& p, const MoeBuffers& b, const Workspace
   a.h_row_bytes = ws.layout.h_row_bytes;
   a.h_scale_row_bytes = ws.layout.h_scale_row_bytes;
   a.h_global = b.h_global;
-  (void)tactic;
   return DispatchGemm<GemmStage::kGemm1>(a, p.weight_format, tactic_id, ws.layout.max_tiles, stream,
                                          "gemm1");
 }

@@ -6,7 +6,7 @@
 namespace jax_moe::cuda {
 
 ffi::Error LaunchGemm2(const MoeProblem& p, const MoeBuffers& b, const Workspace& ws,
-                       const Tactic& tactic, int64_t tactic_id, cudaStream_t stream) {
+                       int64_t tactic_id, cudaStream_t stream) {
   const int64_t H = p.hidden_size, I = p.intermediate_size;
   GemmArgs a = CommonGemmArgs(p, b, ws);
   a.k_dim = static_cast<int>(I);
@@ -26,7 +26,6 @@ ffi::Error LaunchGemm2(const MoeProblem& p, const MoeBuffers& b, const Workspace
   a.weight_on_input = false;  // applied once, in GEMM1
   a.y = p.do_finalize ? ws.y : b.out;
   a.y_by_expanded = !p.do_finalize;
-  (void)tactic;
   return DispatchGemm<GemmStage::kGemm2>(a, p.weight_format, tactic_id, ws.layout.max_tiles, stream,
                                          "gemm2");
 }

@@ -36,8 +36,8 @@ void CountCall(cudaStream_t stream) {
 // shows up as NaN. Stream-ordered memsets: still capturable.
 ffi::Error Poison(const MoeProblem& p, const MoeBuffers& b, const WorkspaceLayout& layout,
                   cudaStream_t stream) {
-  const size_t out_elems = p.do_finalize ? p.num_tokens * p.hidden_size : p.expanded() * p.hidden_size;
-  JM_RETURN_IF_ERROR(CudaError(cudaMemsetAsync(b.out, 0xff, out_elems * 2, stream), "poison out"));
+  JM_RETURN_IF_ERROR(
+      CudaError(cudaMemsetAsync(b.out, 0xff, p.output_elements() * 2, stream), "poison out"));
   JM_RETURN_IF_ERROR(CudaError(cudaMemsetAsync(b.topk_ids, 0xff, p.expanded() * 4, stream), "poison ids"));
   JM_RETURN_IF_ERROR(
       CudaError(cudaMemsetAsync(b.topk_weights, 0xff, p.expanded() * 4, stream), "poison weights"));
@@ -49,24 +49,18 @@ ffi::Error MoeCuda(cudaStream_t stream, ffi::RemainingArgs args, ffi::RemainingR
                    MoeAttrs attrs) {
   const char* target = kRouted ? "jax_moe_fp4_moe_routed (cuda)" : "jax_moe_fp4_moe (cuda)";
   return GuardHandler(target, [&]() -> ffi::Error {
-    MoeProblem p;
-    MoeBuffers b;
-    ffi::Error decoded = DecodeCall(kRouted, args, rets, attrs, &p, &b);
-    if (decoded.failure()) return decoded;
-    const std::string bad_tactic = TacticInvalidReason(p, Platform::kCuda, p.tactic);
-    if (!bad_tactic.empty()) return ffi::Error::InvalidArgument(StrCat(target, ": ", bad_tactic));
-    const Tactic& tactic = TacticTable()[p.tactic];
-    const WorkspaceLayout layout = PlanWorkspace(p, tactic.tile_tokens);
-    if (b.workspace_bytes < layout.total)
-      return ffi::Error::InvalidArgument(
-          StrCat(target, ": workspace of ", b.workspace_bytes, " bytes, need ", layout.total));
-    const Workspace ws = ViewWorkspace(layout, b.workspace);
+    PreparedCall call;
+    ffi::Error prepared = PrepareCall(target, kRouted, Platform::kCuda, args, rets, attrs, &call);
+    if (prepared.failure()) return prepared;
+    const MoeProblem& p = call.problem;
+    const MoeBuffers& b = call.buffers;
+    const Workspace ws = ViewWorkspace(call.layout, b.workspace);
     CountCall(stream);
-    if (PoisonOutputs()) JM_RETURN_IF_ERROR(Poison(p, b, layout, stream));
+    if (PoisonOutputs()) JM_RETURN_IF_ERROR(Poison(p, b, call.layout, stream));
     JM_RETURN_IF_ERROR(LaunchRouting(p, b, stream));
     JM_RETURN_IF_ERROR(LaunchPermute(p, b.topk_ids, ws, stream));
-    JM_RETURN_IF_ERROR(LaunchGemm1(p, b, ws, tactic, p.tactic, stream));
-    JM_RETURN_IF_ERROR(LaunchGemm2(p, b, ws, tactic, p.tactic, stream));
+    JM_RETURN_IF_ERROR(LaunchGemm1(p, b, ws, p.tactic, stream));
+    JM_RETURN_IF_ERROR(LaunchGemm2(p, b, ws, p.tactic, stream));
     return LaunchFinalize(p, b, ws, stream);
   });
 }

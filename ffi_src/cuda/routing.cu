@@ -1,8 +1,8 @@
 // Stage 1 (CUDA): routing, one warp per token. Lanes score the experts
 // (lane, lane+32, ...) into shared memory, then top-k is k rounds of a warp
 // arg-max with the CPU's tie rule (higher score, then smaller index). The
-// per-token weight formulas are the same expressions as routing_math.h, in
-// the same k order, so CPU and GPU agree to the last few ulps.
+// per-token weights come from RoutingWeights (routing_math.h), the CPU's own
+// code, so CPU and GPU agree to the last few ulps.
 #include <cmath>
 
 #include "common/routing_math.h"
@@ -48,7 +48,7 @@ __device__ float WarpMax(float v) {
 
 // k rounds of arg-max over score[0..n) (in shared memory); writes the chosen
 // indices and scores (identical on every lane).
-__device__ void WarpTopK(const float* score, int n, int k, int lane, int* idx, float* val) {
+__device__ void WarpTopK(const float* score, int n, int k, int lane, int32_t* idx, float* val) {
   uint32_t taken = 0;  // bit s: expert lane + 32 s already chosen
   for (int r = 0; r < k; ++r) {
     Best b{0.0f, -1};
@@ -74,9 +74,8 @@ __global__ void RoutingKernel(const float* __restrict__ logits, const float* __r
   const int E = rp.num_experts, K = rp.top_k;
   const float* x = logits + static_cast<int64_t>(t) * E;
   float* score = s_score[warp];
-  int idx[kMaxTopK];
+  int32_t idx[kMaxTopK];
   float val[kMaxTopK];
-  float w[kMaxTopK];
 
   switch (rp.method) {
     case RoutingMethod::kDEFAULT: {
@@ -89,7 +88,6 @@ __global__ void RoutingKernel(const float* __restrict__ logits, const float* __r
       for (int e = lane; e < E; e += 32) score[e] = expf(x[e] - m) / s;
       __syncwarp();
       WarpTopK(score, E, K, lane, idx, val);
-      for (int k = 0; k < K; ++k) w[k] = val[k];
       break;
     }
     case RoutingMethod::kRENORMALIZE:
@@ -98,13 +96,6 @@ __global__ void RoutingKernel(const float* __restrict__ logits, const float* __r
       for (int e = lane; e < E; e += 32) score[e] = x[e];
       __syncwarp();
       WarpTopK(score, E, K, lane, idx, val);
-      if (rp.method == RoutingMethod::kRENORMALIZE) {
-        float s = 0.0f;
-        for (int k = 0; k < K; ++k) s += expf(val[k] - val[0]);
-        for (int k = 0; k < K; ++k) w[k] = expf(val[k] - val[0]) / s;
-      } else {
-        for (int k = 0; k < K; ++k) w[k] = rp.method == RoutingMethod::kLLAMA4 ? Sigmoid(val[k]) : val[k];
-      }
       break;
     }
     case RoutingMethod::kDEEPSEEK_V3: {
@@ -120,7 +111,7 @@ __global__ void RoutingKernel(const float* __restrict__ logits, const float* __r
           s_group[warp][lane] = two.size == 2 ? two.score[0] + two.score[1] : two.score[0];
         }
         __syncwarp();
-        int gidx[kMaxGroups];
+        int32_t gidx[kMaxGroups];
         float gval[kMaxGroups];
         WarpTopK(s_group[warp], groups, rp.topk_group, lane, gidx, gval);
         uint32_t kept = 0;
@@ -130,12 +121,11 @@ __global__ void RoutingKernel(const float* __restrict__ logits, const float* __r
         __syncwarp();
       }
       WarpTopK(score, E, K, lane, idx, val);
-      float s = 0.0f;
-      for (int k = 0; k < K; ++k) s += Sigmoid(x[idx[k]]);
-      for (int k = 0; k < K; ++k) w[k] = Sigmoid(x[idx[k]]) * rp.routed_scaling_factor / (s + 1e-20f);
       break;
     }
   }
+  float w[kMaxTopK];
+  RoutingWeights(rp, x, val, idx, w);
   if (lane < K) {
     // Registers indexed by lane: select through a loop to stay in registers.
     int my_id = 0;

@@ -25,11 +25,11 @@ ffi::Error LaunchPermute(const MoeProblem& p, const int32_t* topk_ids, const Wor
 
 // gemm1.cu: h = act(x @ W13^T (+ b13)), re-quantized to the activation format.
 ffi::Error LaunchGemm1(const MoeProblem& p, const MoeBuffers& b, const Workspace& ws,
-                       const Tactic& tactic, int64_t tactic_id, cudaStream_t stream);
+                       int64_t tactic_id, cudaStream_t stream);
 
 // gemm2.cu: y = h @ W2^T (+ b2), into ws.y or straight to the per-(token,k) output.
 ffi::Error LaunchGemm2(const MoeProblem& p, const MoeBuffers& b, const Workspace& ws,
-                       const Tactic& tactic, int64_t tactic_id, cudaStream_t stream);
+                       int64_t tactic_id, cudaStream_t stream);
 
 // finalize.cu: out[t] = sum_k w[t,k] * y[perm(t,k)] (fp32), or zero rows of
 // non-local experts in the per-(token,k) output when the caller finalizes.

@@ -124,7 +124,7 @@ int RunOne(const Run& r) {
   b.w2_global = Upload(std::vector<float>(El, w_nv ? 2.0f : 1.0f));
   b.b2 = Upload(Floats(El * H, 0.1f));
   b.h_global = Upload(std::vector<float>{50.0f});
-  const int64_t out_elems = r.do_finalize ? T * H : T * K * H;
+  const int64_t out_elems = p.output_elements();
   b.out = Upload(std::vector<uint16_t>(out_elems, 0x7fc0));
   b.topk_ids = Upload(std::vector<int32_t>(T * K, -7));
   b.topk_weights = Upload(std::vector<float>(T * K, NAN));
@@ -138,8 +138,8 @@ int RunOne(const Run& r) {
   ffi::Error err = ffi::Error::Success();
   if (!(err = (stage = "routing", cuda::LaunchRouting(p, b, s))).failure() &&
       !(err = (stage = "permute", cuda::LaunchPermute(p, b.topk_ids, ws, s))).failure() &&
-      !(err = (stage = "gemm1", cuda::LaunchGemm1(p, b, ws, tactic, r.tactic, s))).failure() &&
-      !(err = (stage = "gemm2", cuda::LaunchGemm2(p, b, ws, tactic, r.tactic, s))).failure())
+      !(err = (stage = "gemm1", cuda::LaunchGemm1(p, b, ws, r.tactic, s))).failure() &&
+      !(err = (stage = "gemm2", cuda::LaunchGemm2(p, b, ws, r.tactic, s))).failure())
     err = (stage = "finalize", cuda::LaunchFinalize(p, b, ws, s));
   if (err.failure()) { std::printf("%s failed: %s\n", stage, err.message().c_str()); return 1; }
   CHECK_CUDA(cudaStreamSynchronize(s));
