@@ -42,13 +42,15 @@ ffi::Error MoeCpu(ffi::RemainingArgs args, ffi::RemainingRets rets, MoeAttrs att
 }  // namespace
 }  // namespace jax_moe::cpu
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxMoeFp4MoeCpu, jax_moe::cpu::MoeCpu<false>,
-                              xla::ffi::Ffi::Bind()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attrs<jax_moe::MoeAttrs>());
+namespace jax_moe::cpu {
+namespace {
+// Both CPU targets: the 14 operands and 4 results, the attributes.
+auto MoeBinding() {
+  return xla::ffi::Ffi::Bind().RemainingArgs().RemainingRets().Attrs<MoeAttrs>();
+}
+}  // namespace
+}  // namespace jax_moe::cpu
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxMoeFp4MoeCpu, jax_moe::cpu::MoeCpu<false>, jax_moe::cpu::MoeBinding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxMoeFp4MoeRoutedCpu, jax_moe::cpu::MoeCpu<true>,
-                              xla::ffi::Ffi::Bind()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attrs<jax_moe::MoeAttrs>());
+                              jax_moe::cpu::MoeBinding());

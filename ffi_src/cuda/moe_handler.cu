@@ -73,17 +73,20 @@ HandlerStats GetHandlerStats() {
 
 }  // namespace jax_moe::cuda
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxMoeFp4MoeCuda, jax_moe::cuda::MoeCuda<false>,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attrs<jax_moe::MoeAttrs>(),
+namespace jax_moe::cuda {
+namespace {
+// Both CUDA targets: stream, the 14 operands and 4 results, the attributes.
+auto MoeBinding() {
+  return xla::ffi::Ffi::Bind()
+      .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
+      .RemainingArgs()
+      .RemainingRets()
+      .Attrs<MoeAttrs>();
+}
+}  // namespace
+}  // namespace jax_moe::cuda
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxMoeFp4MoeCuda, jax_moe::cuda::MoeCuda<false>, jax_moe::cuda::MoeBinding(),
                               {xla::ffi::Traits::kCmdBufferCompatible});
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxMoeFp4MoeRoutedCuda, jax_moe::cuda::MoeCuda<true>,
-                              xla::ffi::Ffi::Bind()
-                                  .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attrs<jax_moe::MoeAttrs>(),
-                              {xla::ffi::Traits::kCmdBufferCompatible});
+                              jax_moe::cuda::MoeBinding(), {xla::ffi::Traits::kCmdBufferCompatible});
