@@ -17,10 +17,10 @@ import datetime
 import importlib
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import jax_moe  # noqa: E402
+from benchmarks import run_info  # noqa: E402
 from jax_moe import sharding  # noqa: E402
 from jax_moe.formats import Format  # noqa: E402
 from jax_moe.models import MODELS  # noqa: E402
@@ -82,8 +83,7 @@ def main() -> None:
             row["single_gpu_error"] = str(exc).splitlines()[0][:200]
         rows.append(row)
         print(json.dumps(row), flush=True)
-    commit = os.environ.get("JAX_MOE_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = run_info.commit()
     result = dict(device=devices[0].device_kind, devices=D, date=datetime.date.today().isoformat(),
                   commit=commit, jax=jax.__version__, model=a.model, weights=a.weights, rows=rows)
     with open(a.out + ".json", "w") as f:

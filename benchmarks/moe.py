@@ -22,7 +22,6 @@ import importlib
 import json
 import math
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
@@ -33,7 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jax_moe  # noqa: E402
-from benchmarks import peers, roofline  # noqa: E402
+from benchmarks import peers, roofline, run_info  # noqa: E402
 from jax_moe import formats, reference, tactics  # noqa: E402
 from jax_moe.formats import Format  # noqa: E402
 from jax_moe.models import MODELS  # noqa: E402
@@ -223,8 +222,7 @@ def main() -> None:
     floors = dict(copy_bw=roofline.copy_bandwidth(a.reps), matmul_rate=roofline.bf16_matmul_rate(a.reps))
     print(f"copy bandwidth {floors['copy_bw'] / 1e9:.0f} GB/s, bf16 matmul {floors['matmul_rate'] / 1e12:.0f} TFLOP/s",
           flush=True)
-    commit = os.environ.get("JAX_MOE_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = run_info.commit()
     result = dict(device=jax.devices()[0].device_kind, date=datetime.date.today().isoformat(), commit=commit,
                   jax=jax.__version__, copy_bw_GBs=floors["copy_bw"] / 1e9,
                   bf16_matmul_TFLOPs=floors["matmul_rate"] / 1e12, rows=[], finalize=[], tuning_s={},

@@ -15,12 +15,15 @@ import datetime
 import importlib
 import json
 import os
-import subprocess
+import sys
 import time
 
 import jax
 
-import jax_moe
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import jax_moe  # noqa: E402
+from benchmarks import run_info  # noqa: E402
 from jax_moe.models import MODELS
 from jax_moe.formats import Format
 
@@ -34,8 +37,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16384)
     ap.add_argument("--out", default="benchmarks/results/autotune")
     a = ap.parse_args()
-    commit = os.environ.get("JAX_MOE_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = run_info.commit()
     result = dict(device=jax.devices()[0].device_kind, date=datetime.date.today().isoformat(),
                   commit=commit, jax=jax.__version__, models={})
     for name in a.models.split(","):
