@@ -9,6 +9,7 @@
 #             (a JAX-free driver of the CUDA stages: the sanitizer crashes inside JAX)
 #   bench     python -m benchmarks.moe -> benchmarks/results/latest.{json,md,png} (BENCH_ARGS)
 #   tune      benchmarks/tune.py -> benchmarks/results/autotune.{json,md} (tuned vs default)
+#   profile   ncu per-kernel durations of one layer (benchmarks/profile_stages.py, PROFILE_ARGS)
 #   multigpu  pytest -m multigpu + benchmarks/ep.py -> benchmarks/results/ep.{json,md} (>= 2 GPUs)
 set -u
 STEPS=()
@@ -73,6 +74,13 @@ if has tune; then
   python3 -X faulthandler benchmarks/tune.py ${TUNE_ARGS:-} > "$OUT/tune.log" 2>&1
   grep -v -i warn "$OUT/tune.log" | tail -30
   cp benchmarks/results/autotune.* "$OUT/" 2>/dev/null
+fi
+
+if has profile; then
+  ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+    python3 benchmarks/profile_stages.py ${PROFILE_ARGS:-} > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
+  echo "ncu rc $?"; grep -v '^"' "$OUT/ncu.csv" | grep -v "^==PROF==" | tail -5; tail -3 "$OUT/ncu.err"
+  python3 benchmarks/ncu_summary.py "$OUT/ncu.csv" | tee "$OUT/ncu_summary.txt"
 fi
 
 if has multigpu; then

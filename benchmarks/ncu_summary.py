@@ -1,0 +1,23 @@
+"""Summarise an `ncu --csv --metrics gpu__time_duration.sum` report: one line per
+kernel launch in order (short name, grid, duration in us)."""
+
+import csv
+import sys
+
+
+def main(path: str) -> None:
+    with open(path) as f:
+        lines = [l for l in f if l.startswith('"')]
+    rows = list(csv.DictReader(lines))
+    for r in rows:
+        if r.get("Metric Name") != "gpu__time_duration.sum":
+            continue
+        name = r["Kernel Name"].split("(")[0][:70]
+        unit = r.get("Metric Unit", "")
+        v = float(r["Metric Value"].replace(",", ""))
+        us = v / 1e3 if unit == "nsecond" else (v * 1e3 if unit == "msecond" else v)
+        print(f"{r['ID']:>5} {name:70s} grid {r.get('Grid Size', ''):>14s} block {r.get('Block Size', ''):>12s} {us:9.2f} us")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

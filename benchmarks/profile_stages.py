@@ -1,0 +1,58 @@
+"""Per-kernel device times of one fp4_moe layer, for ncu (no timing of its own).
+
+  ncu --clock-control none --metrics gpu__time_duration.sum --csv \\
+      python3 benchmarks/profile_stages.py --model qwen3-30b-a3b --tokens 1,64
+
+Runs each (model, T) layer `--calls` times after one warm-up call, so the ncu
+report holds every stage kernel (routing, permute, GEMM1, GEMM2, finalize) of
+the pipeline with its duration; benchmarks/gpu_check.sh `profile` summarises it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import jax_moe  # noqa: E402
+from jax_moe.formats import Format  # noqa: E402
+from jax_moe.models import MODELS  # noqa: E402
+from moe_cases import random_expert_weights  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="qwen3-30b-a3b")
+    ap.add_argument("--tokens", default="1,64")
+    ap.add_argument("--weights", default="nvfp4")
+    ap.add_argument("--calls", type=int, default=2)
+    ap.add_argument("--tactic", type=int, default=None)
+    a = ap.parse_args()
+    m = MODELS[a.model]
+    E, K, H, I = m.num_experts, m.top_k, m.hidden_size, m.intermediate_size
+    wf = Format[a.weights.upper()]
+    key = jax.random.key(0)
+    w13 = random_expert_weights(jax.random.fold_in(key, 1), E, 2 * I, H, wf)
+    w2 = random_expert_weights(jax.random.fold_in(key, 2), E, H, I, wf)
+    kw = m.routing_kwargs()
+    if m.biases:
+        kw["b13"] = 0.1 * jnp.ones((E, 2 * I), jnp.float32)
+        kw["b2"] = 0.1 * jnp.ones((E, H), jnp.float32)
+    for T in (int(t) for t in a.tokens.split(",")):
+        x = jax.random.normal(jax.random.fold_in(key, 10 + T), (T, H), jnp.bfloat16)
+        logits = 2.0 * jax.random.normal(jax.random.fold_in(key, 20 + T), (T, E), jnp.float32)
+        f = jax.jit(lambda x, l, w13, w2: jax_moe.fp4_moe(x, l, w13, w2, **kw, tactic=a.tactic))
+        for _ in range(1 + a.calls):
+            out = jax.block_until_ready(f(x, logits, w13, w2))
+        print(f"{a.model} T={T}: ran {1 + a.calls} calls, finite={bool(jnp.isfinite(out.astype(jnp.float32)).all())}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
