@@ -41,6 +41,15 @@ if has cpu; then
   echo "CPU suite: $(tail -1 "$OUT/pytest_cpu.log")"
 fi
 
+if has profile; then
+  ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+    python3 benchmarks/profile_stages.py ${PROFILE_ARGS:-} > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
+  echo "ncu rc $?"; grep -v '^"' "$OUT/ncu.csv" | grep -v "^==PROF==" | tail -5; tail -3 "$OUT/ncu.err"
+  python3 benchmarks/ncu_summary.py "$OUT/ncu.csv" > "$OUT/ncu_summary.txt"
+  grep jax_moe "$OUT/ncu_summary.txt" | sed 's/jax_moe:://g' | tail -40
+  rm -f "$OUT/ncu.csv"  # large; the summary keeps what matters
+fi
+
 if has gpu; then
   START=$(date +%s)
   python3 -m pytest -q -p no:cacheprovider -m gpu -rf --durations=15 "$@" > "$OUT/pytest_gpu.log" 2>&1
@@ -74,13 +83,6 @@ if has tune; then
   python3 -X faulthandler benchmarks/tune.py ${TUNE_ARGS:-} > "$OUT/tune.log" 2>&1
   grep -v -i warn "$OUT/tune.log" | tail -30
   cp benchmarks/results/autotune.* "$OUT/" 2>/dev/null
-fi
-
-if has profile; then
-  ncu --clock-control none --metrics gpu__time_duration.sum --csv \
-    python3 benchmarks/profile_stages.py ${PROFILE_ARGS:-} > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
-  echo "ncu rc $?"; grep -v '^"' "$OUT/ncu.csv" | grep -v "^==PROF==" | tail -5; tail -3 "$OUT/ncu.err"
-  python3 benchmarks/ncu_summary.py "$OUT/ncu.csv" | tee "$OUT/ncu_summary.txt"
 fi
 
 if has multigpu; then

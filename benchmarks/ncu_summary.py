@@ -15,7 +15,7 @@ def main(path: str) -> None:
         name = r["Kernel Name"].split("(")[0][:70]
         unit = r.get("Metric Unit", "")
         v = float(r["Metric Value"].replace(",", ""))
-        us = v / 1e3 if unit == "nsecond" else (v * 1e3 if unit == "msecond" else v)
+        us = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}.get(unit, 1e-3) * v
         print(f"{r['ID']:>5} {name:70s} grid {r.get('Grid Size', ''):>14s} block {r.get('Block Size', ''):>12s} {us:9.2f} us")
 
 

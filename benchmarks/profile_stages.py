@@ -21,6 +21,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import jax_moe  # noqa: E402
+from jax_moe import tactics  # noqa: E402
 from jax_moe.formats import Format  # noqa: E402
 from jax_moe.models import MODELS  # noqa: E402
 from moe_cases import random_expert_weights  # noqa: E402
@@ -32,7 +33,8 @@ def main() -> None:
     ap.add_argument("--tokens", default="1,64")
     ap.add_argument("--weights", default="nvfp4")
     ap.add_argument("--calls", type=int, default=2)
-    ap.add_argument("--tactic", type=int, default=None)
+    ap.add_argument("--tactics", default="default",
+                    help="comma-separated tactic names to run each T with ('default' = the heuristic's)")
     a = ap.parse_args()
     m = MODELS[a.model]
     E, K, H, I = m.num_experts, m.top_k, m.hidden_size, m.intermediate_size
@@ -44,14 +46,17 @@ def main() -> None:
     if m.biases:
         kw["b13"] = 0.1 * jnp.ones((E, 2 * I), jnp.float32)
         kw["b2"] = 0.1 * jnp.ones((E, H), jnp.float32)
+    by_name = {t.name: t.id for t in tactics.tactic_table()}
     for T in (int(t) for t in a.tokens.split(",")):
         x = jax.random.normal(jax.random.fold_in(key, 10 + T), (T, H), jnp.bfloat16)
         logits = 2.0 * jax.random.normal(jax.random.fold_in(key, 20 + T), (T, E), jnp.float32)
-        f = jax.jit(lambda x, l, w13, w2: jax_moe.fp4_moe(x, l, w13, w2, **kw, tactic=a.tactic))
-        for _ in range(1 + a.calls):
-            out = jax.block_until_ready(f(x, logits, w13, w2))
-        print(f"{a.model} T={T}: ran {1 + a.calls} calls, finite={bool(jnp.isfinite(out.astype(jnp.float32)).all())}",
-              flush=True)
+        for name in a.tactics.split(","):
+            tactic = None if name == "default" else by_name[name]
+            f = jax.jit(lambda x, l, w13, w2: jax_moe.fp4_moe(x, l, w13, w2, **kw, tactic=tactic))
+            for _ in range(1 + a.calls):
+                out = jax.block_until_ready(f(x, logits, w13, w2))
+            print(f"{a.model} T={T} tactic {name}: ran {1 + a.calls} calls, "
+                  f"finite={bool(jnp.isfinite(out.astype(jnp.float32)).all())}", flush=True)
 
 
 if __name__ == "__main__":

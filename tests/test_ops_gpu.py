@@ -99,6 +99,23 @@ def test_every_cuda_tactic(shape, tactic):
     _check(make_case(**shape), tactic=tactic)
 
 
+_FAMILIES = {"staged": 1, "stream": 2}  # KernelFamily values (ffi_src/common/tactics.h)
+
+
+@pytest.mark.parametrize("wfmt,afmt", list(itertools.product((Format.NVFP4, Format.MXFP4),
+                                                             (Format.BF16, Format.MXFP8, Format.NVFP4))),
+                         ids=lambda v: v.name.lower())
+@pytest.mark.parametrize("family", sorted(_FAMILIES))
+def test_both_kernel_families_every_format(family, wfmt, afmt):
+    """Each GEMM family with every weight x activation format, biases and the
+    gpt-oss activation, K tails (H = 1056 = 8 * 128 + 32) and 16-token tiles."""
+    case = make_case(T=40, H=1056, I=352, E=8, top_k=2, weight_format=wfmt, act_format=afmt,
+                     activation=Activation.SWIGLU_OAI, biases=True)
+    tactic = next(t for t in _cuda_tactics(T=40, H=1056, I=352, E=8, top_k=2)
+                  if t.family == _FAMILIES[family] and t.tile_tokens == 16)
+    _check(case, tactic=tactic.id)
+
+
 @pytest.mark.parametrize("T", [5, 300])  # scalar and vectorized finalize kernels
 def test_weight_on_input_with_top_k_above_one(T):
     """Routing weights applied on the input: every finalize weight lane is 1."""

@@ -14,6 +14,10 @@ const std::vector<Tactic>& TacticTable() {
   {#name, Platform::kCuda, KernelFamily::kCudaMmaSwapAB, tt, 32 * wn, tw, kc},
       JAX_MOE_CUDA_TACTICS(JAX_MOE_CUDA_ROW)
 #undef JAX_MOE_CUDA_ROW
+#define JAX_MOE_CUDA_STREAM_ROW(name, tt, tw) \
+  {#name, Platform::kCuda, KernelFamily::kCudaStreamSplitK, tt, 32, tw, 0},
+      JAX_MOE_CUDA_STREAM_TACTICS(JAX_MOE_CUDA_STREAM_ROW)
+#undef JAX_MOE_CUDA_STREAM_ROW
   };
   return table;
 }
@@ -54,11 +58,16 @@ int64_t DefaultTactic(const MoeProblem& p, Platform platform) {
   // Seed heuristic: the token tile that the average expert load fills,
   // with 30% headroom for imbalance.
   const double avg = 1.3 * static_cast<double>(p.expanded()) / p.num_local_experts;
+  // CUDA: the streaming family up to 64-token tiles (weight-stream bound),
+  // the staged family above (activation reuse through shared memory).
+  const KernelFamily cuda_family =
+      avg <= 64.0 ? KernelFamily::kCudaStreamSplitK : KernelFamily::kCudaMmaSwapAB;
   int64_t best = -1;
   double best_gap = 0;
   const auto& table = TacticTable();
   for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i) {
     if (!TacticInvalidReason(p, platform, i).empty()) continue;
+    if (platform == Platform::kCuda && table[i].family != cuda_family) continue;
     const double gap = std::fabs(std::log2(static_cast<double>(table[i].tile_tokens)) -
                                  std::log2(avg > 1.0 ? avg : 1.0));
     if (best < 0 || gap < best_gap) {

@@ -19,6 +19,9 @@ enum class KernelFamily : int64_t {
   kCpuBlocked = 0,  // CPU: tiles of tokens share each decoded weight row
   kCudaMmaSwapAB = 1,  // CUDA: mma.sync m16n8k16 bf16, weights on M (decoded FP4 in
                        // registers), tokens on N (staged bf16 in shared memory)
+  kCudaStreamSplitK = 2,  // CUDA: the same MMAs, one block per token tile x 32 features,
+                          // warps split K, operands streamed from global memory
+                          // through a two-stage register pipeline (small T)
 };
 
 // The CUDA rows, once: the table (tactics.cc) and the kernel instantiations
@@ -38,6 +41,16 @@ enum class KernelFamily : int64_t {
   X(cuda_mma_t32_n128,  32, 32, 4, 512)              \
   X(cuda_mma_t64_n128,  64, 32, 4, 256)              \
   X(cuda_mma_t128_n64, 128, 32, 2, 128)
+
+// The streaming split-K rows (cuda/gemm_stream.cuh), after the rows above:
+//   X(name, tile_tokens, tokens_per_warp)
+// Each block covers 32 features; the number of warps along K is picked per
+// GEMM at launch from its K (StreamSplitK), so one row serves both GEMMs.
+#define JAX_MOE_CUDA_STREAM_TACTICS(X) \
+  X(cuda_stream_t8,   8,  8)           \
+  X(cuda_stream_t16, 16, 16)           \
+  X(cuda_stream_t32, 32, 16)           \
+  X(cuda_stream_t64, 64, 16)
 // clang-format on
 
 struct Tactic {
@@ -47,7 +60,7 @@ struct Tactic {
   int64_t tile_tokens;      // rows of a token tile (also the per-expert padding)
   int64_t tile_n;           // output columns per work item
   int64_t tokens_per_warp;  // CUDA: N extent of one warp (0 on the CPU)
-  int64_t k_chunk;          // CUDA: K elements per shared-memory stage (0 on the CPU)
+  int64_t k_chunk;          // CUDA staged family: K elements per shared-memory stage (0 elsewhere)
 };
 
 // Index of the first CUDA row: CUDA rows follow the CPU rows in list order.
@@ -62,7 +75,9 @@ uint64_t TacticTableHash();
 // "" if tactic `id` can run `p` on `platform`, else the reason it cannot.
 std::string TacticInvalidReason(const MoeProblem& p, Platform platform, int64_t id);
 
-// The heuristic default: always valid for any supported problem.
+// The heuristic default: always valid for any supported problem. On CUDA the
+// token tile follows the average expert load (DESIGN.md section 5); tiles of
+// up to 64 tokens use the streaming family, larger ones the staged family.
 int64_t DefaultTactic(const MoeProblem& p, Platform platform);
 
 }  // namespace jax_moe

@@ -1,6 +1,7 @@
 // Tactic id -> compiled GEMM instantiation. The table of function pointers is
-// expanded from JAX_MOE_CUDA_TACTICS, the same list the tactic table is built
-// from, so ids and kernels cannot drift apart.
+// expanded from JAX_MOE_CUDA_TACTICS then JAX_MOE_CUDA_STREAM_TACTICS, the
+// same lists in the same order the tactic table is built from, so ids and
+// kernels cannot drift apart.
 #pragma once
 
 #include "common/ffi_glue.h"
@@ -9,6 +10,7 @@
 #include "common/tactics.h"
 #include "cuda/cuda_check.h"
 #include "cuda/gemm_mma.cuh"
+#include "cuda/gemm_stream.cuh"
 
 namespace jax_moe::cuda {
 
@@ -18,16 +20,18 @@ template <GemmStage ST>
 ffi::Error DispatchGemm(const GemmArgs& args, Format weight_format, int64_t tactic_id,
                         int64_t max_tiles, cudaStream_t stream, const char* what) {
 #define JAX_MOE_GEMM_ENTRY(name, tt, tw, wn, kc) &LaunchMmaSwapAbGemm<tt, tw, wn, kc, WF, ST>,
+#define JAX_MOE_STREAM_ENTRY(name, tt, tw) &LaunchStreamGemm<tt, tw, WF, ST>,
   static constexpr GemmLaunchFn kNvfp4[] = {
 #define WF Format::kNVFP4
-      JAX_MOE_CUDA_TACTICS(JAX_MOE_GEMM_ENTRY)
+      JAX_MOE_CUDA_TACTICS(JAX_MOE_GEMM_ENTRY) JAX_MOE_CUDA_STREAM_TACTICS(JAX_MOE_STREAM_ENTRY)
 #undef WF
   };
   static constexpr GemmLaunchFn kMxfp4[] = {
 #define WF Format::kMXFP4
-      JAX_MOE_CUDA_TACTICS(JAX_MOE_GEMM_ENTRY)
+      JAX_MOE_CUDA_TACTICS(JAX_MOE_GEMM_ENTRY) JAX_MOE_CUDA_STREAM_TACTICS(JAX_MOE_STREAM_ENTRY)
 #undef WF
   };
+#undef JAX_MOE_STREAM_ENTRY
 #undef JAX_MOE_GEMM_ENTRY
   constexpr int64_t kCount = sizeof(kNvfp4) / sizeof(kNvfp4[0]);
   const int64_t index = tactic_id - FirstCudaTactic();
