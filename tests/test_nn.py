@@ -22,7 +22,9 @@ def dense_layer(x, router, w13, w2, *, top_k, routing="renormalize", router_bias
                 shared=None, **route_kw):
     """Every expert on every token in fp32 from the dequantized weights, then the top-k mix."""
     x32 = x.astype(jnp.bfloat16).astype(jnp.float32)
-    logits = x.astype(jnp.float32) @ router
+    # HIGHEST as the layer does: on the GPU a default-precision f32 matmul runs in
+    # tf32/bf16 and flips near-tied expert choices, which no tolerance absorbs.
+    logits = jnp.dot(x.astype(jnp.float32), router, precision="highest")
     if router_bias is not None:
         logits = logits + router_bias
     ids, w = route(logits.reshape(-1, logits.shape[-1]), top_k=top_k, method=routing, **route_kw)
@@ -40,7 +42,8 @@ def dense_layer(x, router, w13, w2, *, top_k, routing="renormalize", router_bias
     out = (w[..., None] * picked).sum(1)
     if shared is not None:
         gate, up, down = shared
-        out = out + (jax.nn.silu(xf @ gate.T) * (xf @ up.T)) @ down.T
+        mm = lambda a, b: jnp.dot(a, b, precision="highest")
+        out = out + mm(jax.nn.silu(mm(xf, gate.T)) * mm(xf, up.T), down.T)
     return out.reshape(x.shape)
 
 
