@@ -46,6 +46,14 @@ def median_time(fn, args, reps: int) -> tuple[float, float]:
     return _autotune.median_time(fn, args, reps, warmup=True)
 
 
+def net_time(fn, args, reps: int) -> float:
+    """Median seconds of fn(*args) less the fixed cost of invoking an executable
+    with the same arguments that does nothing (dispatch, argument handling,
+    sync): device time, for single-call executables (peers, finalize)."""
+    empty = jax.jit(lambda *a: jnp.zeros((), jnp.float32), keep_unused=True)
+    return max(median_time(fn, args, reps)[0] - median_time(empty, args, reps)[0], 0.0)
+
+
 def expert_bytes(w) -> int:
     return int(w.data[0].nbytes + w.scale[0].nbytes)
 
@@ -82,27 +90,31 @@ def bench_model(name: str, tokens: list[int], wfmt: Format, acts: str, a, floors
         x = jax.random.normal(jax.random.fold_in(key, 1000 + T), (copies, T, H), jnp.bfloat16)
         logits = 2.0 * jax.random.normal(jax.random.fold_in(key, 2000 + T), (copies, T, E), jnp.float32)
 
-        def layer_fn(tactic):
-            @jax.jit
+        def layer_fn(tactic, calls=True):
+            # calls=False: the same arguments and output, no layer: the fixed
+            # cost of one invocation (dispatch, argument handling, sync), which
+            # is subtracted so the rows are device time per layer call.
             def layer(x, logits, ws):
                 acc = jnp.zeros((T, H), jnp.float32)
-                for c in range(copies):
+                for c in range(copies if calls else 0):
                     out = jax_moe.fp4_moe(_hidden(x[c], acts), logits[c], ws[c][0], ws[c][1], **kw, tactic=tactic)
                     acc = acc + out.astype(jnp.float32)
                 return acc
-            return layer
+            return jax.jit(layer, keep_unused=True)
 
         p = problem.with_tokens(T)
         default = tactics.default_tactic(p, tactics.current_platform())
+        overhead = median_time(layer_fn(None, calls=False), (x, logits, ws), a.reps)[0]
+        per_call = lambda t: max(t - overhead, 0.0) / copies
         t_default, iqr = median_time(layer_fn(default), (x, logits, ws), a.reps)
-        t_default /= copies
+        t_default = per_call(t_default)
         tuned, t_tuned = default, t_default
         if a.tune:
             choice = jax_moe.tune(p, buckets=[jax_moe.bucket_of(T)],
                                   routed_scaling_factor=m.routed_scaling_factor)[0]
             if choice["tactic"] != default:
                 tuned = choice["tactic"]
-                t_tuned = median_time(layer_fn(tuned), (x, logits, ws), a.reps)[0] / copies
+                t_tuned = per_call(median_time(layer_fn(tuned), (x, logits, ws), a.reps)[0])
         # Arrays go in as arguments: a closed-over array becomes an HLO constant
         # (gigabytes of weights in the executable: the host runs out of memory).
         ids = np.asarray(jax.jit(lambda x, l, w: jax_moe.fp4_moe(_hidden(x, acts), l, w[0], w[1], **kw,
@@ -115,17 +127,17 @@ def bench_model(name: str, tokens: list[int], wfmt: Format, acts: str, a, floors
                    tactic=tactics.tactic_table()[tuned].name, default_time_us=t_default * 1e6,
                    default_tactic=tactics.tactic_table()[default].name, iqr_us=iqr / copies * 1e6,
                    mem_floor_us=mem_floor, compute_floor_us=compute_floor, experts_touched=touched,
-                   copies=copies, ragged_dot_bf16_us=None, reference_us=None)
+                   copies=copies, overhead_us=overhead * 1e6, ragged_dot_bf16_us=None, reference_us=None)
         if bf16_w is not None and acts == "bf16":
             rd_kw = {k: v for k, v in kw.items() if k != "h_global_scale"}
             f = jax.jit(lambda x, l, a, b: peers.ragged_dot_layer(x, l, a, b, **rd_kw))
             try:
-                row["ragged_dot_bf16_us"] = median_time(f, (x[0], logits[0], *bf16_w), a.reps)[0] * 1e6
+                row["ragged_dot_bf16_us"] = net_time(f, (x[0], logits[0], *bf16_w), a.reps) * 1e6
             except Exception as exc:
                 row["ragged_dot_error"] = str(exc).splitlines()[0][:200]
         if "reference" in a.peers and T <= a.reference_max_tokens:
             f = jax.jit(lambda x, l, w13, w2: reference.moe_reference(_hidden(x, acts), l, w13, w2, **kw))
-            row["reference_us"] = median_time(f, (x[0], logits[0], *ws[0]), max(3, a.reps // 4))[0] * 1e6
+            row["reference_us"] = net_time(f, (x[0], logits[0], *ws[0]), max(3, a.reps // 4)) * 1e6
         rows.append(row)
         print(f"{name:14s} {row['weights']}/{acts} T={T:6d} {row['time_us']:10.1f} us ({row['tactic']}) "
               f"default {row['default_time_us']:10.1f}  mem floor {mem_floor:8.1f}  compute floor "
@@ -149,7 +161,7 @@ def bench_finalize(a, copy_bw: float) -> list[dict]:
             row = dict(T=T, H=H, K=K, bytes=nbytes)
             for kind, field in (("vectorized", "vec_us"), ("scalar", "scalar_us")):
                 f = jax.jit(lambda y, e, w, kind=kind: _finalize.finalize(y, e, w, kind=kind))
-                row[field] = median_time(f, (y, e2p, w), a.reps)[0] * 1e6
+                row[field] = net_time(f, (y, e2p, w), a.reps) * 1e6
             row["vec_fraction_of_copy_bw"] = nbytes / (row["vec_us"] * 1e-6) / copy_bw
             row["vec_speedup_vs_scalar"] = row["scalar_us"] / row["vec_us"]
             rows.append(row)

@@ -391,8 +391,16 @@ def _synthetic_weights(problem: MoEProblem, key, copies: int) -> list[tuple[Any,
              _random_qtensor(keys[2 * c + 1], El, H, I, problem.weight_format)) for c in range(copies)]
 
 
-def _synthetic_call(op: str, problem: MoEProblem, attrs: dict[str, Any], key, weights):
-    """(fn(tactic) -> jitted callable, args): each call runs the layer once per weight copy."""
+def _synthetic_call(op: str, problem: MoEProblem, attrs: dict[str, Any], key, weights, variants: int = 1):
+    """(make(tactic, repeats) -> jitted callable, args).
+
+    The callable runs the layer `repeats` times per weight copy. Each repeat
+    reads its own input variant (`variants` >= repeats random hidden states
+    and routings): XLA merges custom calls with identical operands (CSE), so
+    repeating one call on the same inputs would time a single call.
+    `repeats=0` gives an executable with the same arguments and no layer call,
+    whose time is the fixed per-invocation cost that `_tune_one` subtracts.
+    """
     from jax_moe import formats
     from jax_moe.formats import Format
     from jax_moe.ops import fp4_moe, fp4_moe_routed
@@ -401,13 +409,14 @@ def _synthetic_call(op: str, problem: MoEProblem, attrs: dict[str, Any], key, we
     T, H, I, E, El, K = (p.num_tokens, p.hidden_size, p.intermediate_size, p.num_experts,
                          p.num_local_experts, p.top_k)
     ks = iter(jax.random.split(key, 16))
-    x = jax.random.normal(next(ks), (T, H), jnp.float32)
+    vkeys = jax.random.split(next(ks), variants)
+    x = jax.vmap(lambda k: jax.random.normal(k, (T, H), jnp.float32))(vkeys)  # [variants, T, H]
     if p.act_format == Format.MXFP8:
-        hidden = formats.quantize_mxfp8(x)
+        hidden = [formats.quantize_mxfp8(x[v]) for v in range(variants)]
     elif p.act_format == Format.NVFP4:
-        hidden = formats.quantize_nvfp4(x)
+        hidden = [formats.quantize_nvfp4(x[v]) for v in range(variants)]
     else:
-        hidden = x.astype(jnp.bfloat16)
+        hidden = [x[v].astype(jnp.bfloat16) for v in range(variants)]
     kw: dict[str, Any] = dict(local_expert_offset=p.local_expert_offset, activation=p.activation,
                               swiglu_alpha=attrs["swiglu_alpha"], swiglu_beta=attrs["swiglu_beta"],
                               swiglu_limit=attrs["swiglu_limit"], do_finalize=p.do_finalize,
@@ -420,29 +429,36 @@ def _synthetic_call(op: str, problem: MoEProblem, attrs: dict[str, Any], key, we
         kw["h_global_scale"] = jnp.float32(448.0 * 6.0 / 8.0)
     if p.routed:
         # Valid, distinct top-k ids per token and positive weights.
-        ids = jnp.argsort(jax.random.uniform(next(ks), (T, E)), axis=-1)[:, :K].astype(jnp.int32)
-        route = (ids, jax.random.uniform(next(ks), (T, K), jnp.float32, 0.1, 1.0))
+        ids = jnp.argsort(jax.random.uniform(next(ks), (variants, T, E)), axis=-1)[..., :K].astype(jnp.int32)
+        rw = jax.random.uniform(next(ks), (variants, T, K), jnp.float32, 0.1, 1.0)
+        route = [(ids[v], rw[v]) for v in range(variants)]
         kw["num_experts"] = E
         call = lambda h, r, w13, w2, t: fp4_moe_routed(h, r[0], r[1], w13, w2, **kw, tactic=t)
     else:
-        logits = 2.0 * jax.random.normal(next(ks), (T, E), jnp.float32)  # spread: realistic top-k
-        route = (logits,)
+        logits = 2.0 * jax.random.normal(next(ks), (variants, T, E), jnp.float32)  # spread: realistic top-k
+        route = [(logits[v],) for v in range(variants)]
         kw.update(top_k=K, routing=p.routing_method, n_group=p.n_group, topk_group=p.topk_group,
                   routed_scaling_factor=attrs["routed_scaling_factor"])
         if p.has_routing_bias:
             kw["routing_bias"] = 0.1 * jax.random.normal(next(ks), (E,), jnp.float32)
         call = lambda h, r, w13, w2, t: fp4_moe(h, r[0], w13, w2, **kw, tactic=t)
 
+    if variants < 1:
+        raise ValueError(f"variants must be >= 1, got {variants}")
+
     def make(tactic: int, repeats: int = 1):
+        if repeats > variants:
+            raise ValueError(f"repeats={repeats} needs as many input variants, have {variants}")
+
         def run(hidden, route, weights):
             acc = jnp.zeros((), jnp.float32)
-            for _ in range(repeats):  # several calls per executable: launch overhead amortized
+            for r in range(repeats):  # several calls per executable: launch overhead amortized
                 for w13, w2 in weights:  # sequential on one stream: one call per weight copy
-                    out = call(hidden, route, w13, w2, tactic)
+                    out = call(hidden[r], route[r], w13, w2, tactic)
                     out = out if p.do_finalize else out[0]
                     acc = acc + out[:1].astype(jnp.float32).sum()
             return acc
-        return jax.jit(run)
+        return jax.jit(run, keep_unused=True)  # the empty executable takes the same arguments
 
     return make, (hidden, route, weights)
 
@@ -524,7 +540,7 @@ def _tune_one(op: str, problem: MoEProblem, attrs: dict[str, Any], bucket: int, 
              + _weight_bytes(p) / 2e12)  # a rough, pessimistic layer time
     repeats = max(1, -(-8 // copies)) if platform == "cuda" and est_s < 1e-3 else 1
     calls = copies * repeats
-    make, args = _synthetic_call(op, problem, attrs, jax.random.key(bucket), weights)
+    make, args = _synthetic_call(op, problem, attrs, jax.random.key(bucket), weights, variants=repeats)
     table = tactics.tactic_table()
     failed: dict[int, str] = {}
 
@@ -538,6 +554,17 @@ def _tune_one(op: str, problem: MoEProblem, attrs: dict[str, Any], bucket: int, 
     # Compilation dominates tuning time: compile every candidate concurrently.
     with concurrent.futures.ThreadPoolExecutor(min(8, len(candidates))) as pool:
         compiled = dict(zip(candidates, pool.map(compile_one, candidates)))
+    # The fixed cost of one invocation (argument handling, dispatch, sync:
+    # ~1 ms through `Compiled.__call__` on the GPU) is timed on an executable
+    # with the same arguments and no layer call, and subtracted below.
+    try:
+        empty = make(default, 0).lower(*args).compile()
+        jax.block_until_ready(empty(*args))
+        overhead = median_time(empty, args, max(5, reps))[0]
+    except Exception as exc:  # never fatal: times then include the fixed cost
+        logger.warning("jax_moe autotune: baseline executable failed, times include dispatch: %s",
+                       (str(exc).splitlines() or [""])[0][:200])
+        overhead = 0.0
     timed: dict[int, tuple[float, float]] = {}
     for tactic in candidates:
         try:
@@ -563,11 +590,12 @@ def _tune_one(op: str, problem: MoEProblem, attrs: dict[str, Any], bucket: int, 
             spread = max(timed[default][1], timed[best][1])
             if timed[best][0] < timed[default][0] - spread:
                 chosen = best
-    per_call = lambda t: timed[t][0] / calls * 1e6 if t in timed else float("nan")
+    per_call = lambda t: max(timed[t][0] - overhead, 0.0) / calls * 1e6 if t in timed else float("nan")
     row = dict(bucket=bucket, tactic=chosen, name=table[chosen].name, default=default,
                time_us=per_call(chosen), default_time_us=per_call(default),
                gain=per_call(default) / per_call(chosen) if chosen in timed else 1.0,
-               times_us={table[t].name: per_call(t) for t in timed})
+               times_us={table[t].name: per_call(t) for t in timed}, overhead_us=overhead * 1e6,
+               calls_per_executable=calls)
     entry = dict(tactic=chosen, name=table[chosen].name, default=default, time_us=row["time_us"],
                  default_time_us=row["default_time_us"], device=device_kind)
     key = cache_key(op, problem, attrs, bucket, device_kind)

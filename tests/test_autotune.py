@@ -274,3 +274,19 @@ def test_progress_is_visible_without_logging_configuration(capsys):
         logging.getLogger("jax_moe").setLevel(logging.NOTSET)
     err = capsys.readouterr().err
     assert "jax_moe autotune" in err and "2/2" in err
+
+
+def test_timed_executable_runs_every_call():
+    """XLA merges custom calls with identical operands (CSE): the tuner's timed
+    executable must hold one custom call per (repeat, weight copy), or it
+    would time one call and divide by the repeat count."""
+    problem = jax_moe.MoEProblem(8, 256, 128, 16, 16, 2)
+    weights = at._synthetic_weights(problem, jax.random.key(0), 2)
+    attrs = dict(swiglu_alpha=1.702, swiglu_beta=1.0, swiglu_limit=7.0, routed_scaling_factor=1.0)
+    make, args = at._synthetic_call("fp4_moe", problem, attrs, jax.random.key(1), weights,
+                                                 variants=3)
+    for repeats in (0, 1, 3):
+        hlo = make(0, repeats).lower(*args).compile().as_text()
+        assert hlo.count('custom_call_target="jax_moe') == 2 * repeats, repeats
+    with pytest.raises(ValueError, match="variants"):
+        make(0, 4)

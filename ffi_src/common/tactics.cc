@@ -58,10 +58,10 @@ int64_t DefaultTactic(const MoeProblem& p, Platform platform) {
   // Seed heuristic: the token tile that the average expert load fills,
   // with 30% headroom for imbalance.
   const double avg = 1.3 * static_cast<double>(p.expanded()) / p.num_local_experts;
-  // CUDA: the streaming family up to 64-token tiles (weight-stream bound),
-  // the staged family above (activation reuse through shared memory).
-  const KernelFamily cuda_family =
-      avg <= 64.0 ? KernelFamily::kCudaStreamSplitK : KernelFamily::kCudaMmaSwapAB;
+  // CUDA: the staged family. The streaming family is a tuning candidate only:
+  // on an H200 (2026-12-01, benchmarks/NOTES.md v2) it measured up to 2.5x
+  // slower than the staged kernels of the same tile except at T = 1.
+  const KernelFamily cuda_family = KernelFamily::kCudaMmaSwapAB;
   int64_t best = -1;
   double best_gap = 0;
   const auto& table = TacticTable();

@@ -76,8 +76,8 @@ uint64_t TacticTableHash();
 std::string TacticInvalidReason(const MoeProblem& p, Platform platform, int64_t id);
 
 // The heuristic default: always valid for any supported problem. On CUDA the
-// token tile follows the average expert load (DESIGN.md section 5); tiles of
-// up to 64 tokens use the streaming family, larger ones the staged family.
+// token tile follows the average expert load (DESIGN.md section 5), in the
+// staged family (the measured faster one; the autotuner weighs both).
 int64_t DefaultTactic(const MoeProblem& p, Platform platform);
 
 }  // namespace jax_moe
