@@ -47,3 +47,12 @@ def test_build_info():
     info = _extension.build_info()
     assert info["ffi_api"].startswith("0.")
     assert isinstance(info["cuda"], bool)
+
+
+@pytest.mark.parametrize("T,tile", [(1, 8), (64, 8), (512, 16), (4096, 32), (16384, 32)])
+def test_cuda_default_is_the_staged_family_with_tiles_up_to_32(T, tile):
+    """The CUDA heuristic follows the measured tuner table (benchmarks/results/autotune.md):
+    staged family, token tile from the average expert load, capped at 32."""
+    problem = jax_moe.MoEProblem(T, 2880, 2880, 128, 128, 4)
+    t = jax_moe.tactics.tactic_table()[jax_moe.default_tactic(problem, "cuda")]
+    assert (t.platform, t.family, t.tile_tokens) == ("cuda", 1, tile)

@@ -62,6 +62,11 @@ int64_t DefaultTactic(const MoeProblem& p, Platform platform) {
   // on an H200 (2026-12-01, benchmarks/NOTES.md v2) it measured up to 2.5x
   // slower than the staged kernels of the same tile except at T = 1.
   const KernelFamily cuda_family = KernelFamily::kCudaMmaSwapAB;
+  // CUDA tiles stop at 32 tokens: the tuner (benchmarks/results/autotune.md,
+  // gpt-oss-120b on an H200) chose cuda_mma_t32_n128 for every bucket from
+  // 768 to 16384 tokens, 1.1-1.75x faster than the t64/t128 this heuristic
+  // gave there.
+  const double target = platform == Platform::kCuda && avg > 32.0 ? 32.0 : avg;
   int64_t best = -1;
   double best_gap = 0;
   const auto& table = TacticTable();
@@ -69,7 +74,7 @@ int64_t DefaultTactic(const MoeProblem& p, Platform platform) {
     if (!TacticInvalidReason(p, platform, i).empty()) continue;
     if (platform == Platform::kCuda && table[i].family != cuda_family) continue;
     const double gap = std::fabs(std::log2(static_cast<double>(table[i].tile_tokens)) -
-                                 std::log2(avg > 1.0 ? avg : 1.0));
+                                 std::log2(target > 1.0 ? target : 1.0));
     if (best < 0 || gap < best_gap) {
       best = i;
       best_gap = gap;
