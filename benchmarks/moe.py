@@ -54,6 +54,15 @@ def net_time(fn, args, reps: int) -> float:
     return max(median_time(fn, args, reps)[0] - median_time(empty, args, reps)[0], 0.0)
 
 
+def layer_kwargs(m) -> dict:
+    """The model's routing arguments, plus constant expert biases when it has them."""
+    kw = m.routing_kwargs()
+    if m.biases:
+        kw["b13"] = 0.1 * jnp.ones((m.num_experts, 2 * m.intermediate_size), jnp.float32)
+        kw["b2"] = 0.1 * jnp.ones((m.num_experts, m.hidden_size), jnp.float32)
+    return kw
+
+
 def expert_bytes(w) -> int:
     return int(w.data[0].nbytes + w.scale[0].nbytes)
 
@@ -75,10 +84,7 @@ def bench_model(name: str, tokens: list[int], wfmt: Format, acts: str, a, floors
     copies = int(min(8, max(1, math.ceil(2e9 / (per_expert * E)))))
     ws = [(random_expert_weights(jax.random.fold_in(key, 2 * c), E, 2 * I, H, wfmt),
            random_expert_weights(jax.random.fold_in(key, 2 * c + 1), E, H, I, wfmt)) for c in range(copies)]
-    kw = m.routing_kwargs()
-    if m.biases:
-        kw["b13"] = 0.1 * jnp.ones((E, 2 * I), jnp.float32)
-        kw["b2"] = 0.1 * jnp.ones((E, H), jnp.float32)
+    kw = layer_kwargs(m)
     if acts == "nvfp4":
         kw["h_global_scale"] = jnp.float32(448.0 * 6.0 / 8.0)
     problem = jax_moe.MoEProblem(1, H, I, E, E, K, weight_format=wfmt, act_format=Format[acts.upper()],

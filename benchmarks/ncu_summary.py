@@ -4,6 +4,8 @@ kernel launch in order (short name, grid, duration in us)."""
 import csv
 import sys
 
+_US_PER_UNIT = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}
+
 
 def main(path: str) -> None:
     with open(path) as f:
@@ -15,7 +17,9 @@ def main(path: str) -> None:
         name = r["Kernel Name"].split("(")[0][:70]
         unit = r.get("Metric Unit", "")
         v = float(r["Metric Value"].replace(",", ""))
-        us = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}.get(unit, 1e-3) * v
+        if unit not in _US_PER_UNIT:
+            raise SystemExit(f"ncu_summary: unknown time unit {unit!r} (row {r['ID']})")
+        us = _US_PER_UNIT[unit] * v
         print(f"{r['ID']:>5} {name:70s} grid {r.get('Grid Size', ''):>14s} block {r.get('Block Size', ''):>12s} {us:9.2f} us")
 
 

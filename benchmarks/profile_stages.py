@@ -21,6 +21,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import jax_moe  # noqa: E402
+from benchmarks.moe import layer_kwargs  # noqa: E402
 from jax_moe import tactics  # noqa: E402
 from jax_moe.formats import Format  # noqa: E402
 from jax_moe.models import MODELS  # noqa: E402
@@ -37,15 +38,12 @@ def main() -> None:
                     help="comma-separated tactic names to run each T with ('default' = the heuristic's)")
     a = ap.parse_args()
     m = MODELS[a.model]
-    E, K, H, I = m.num_experts, m.top_k, m.hidden_size, m.intermediate_size
+    E, H, I = m.num_experts, m.hidden_size, m.intermediate_size
     wf = Format[a.weights.upper()]
     key = jax.random.key(0)
     w13 = random_expert_weights(jax.random.fold_in(key, 1), E, 2 * I, H, wf)
     w2 = random_expert_weights(jax.random.fold_in(key, 2), E, H, I, wf)
-    kw = m.routing_kwargs()
-    if m.biases:
-        kw["b13"] = 0.1 * jnp.ones((E, 2 * I), jnp.float32)
-        kw["b2"] = 0.1 * jnp.ones((E, H), jnp.float32)
+    kw = layer_kwargs(m)
     by_name = {t.name: t.id for t in tactics.tactic_table()}
     for T in (int(t) for t in a.tokens.split(",")):
         x = jax.random.normal(jax.random.fold_in(key, 10 + T), (T, H), jnp.bfloat16)

@@ -405,18 +405,17 @@ def _synthetic_call(op: str, problem: MoEProblem, attrs: dict[str, Any], key, we
     from jax_moe.formats import Format
     from jax_moe.ops import fp4_moe, fp4_moe_routed
 
+    if variants < 1:
+        raise ValueError(f"variants must be >= 1, got {variants}")
     p = problem
     T, H, I, E, El, K = (p.num_tokens, p.hidden_size, p.intermediate_size, p.num_experts,
                          p.num_local_experts, p.top_k)
     ks = iter(jax.random.split(key, 16))
     vkeys = jax.random.split(next(ks), variants)
     x = jax.vmap(lambda k: jax.random.normal(k, (T, H), jnp.float32))(vkeys)  # [variants, T, H]
-    if p.act_format == Format.MXFP8:
-        hidden = [formats.quantize_mxfp8(x[v]) for v in range(variants)]
-    elif p.act_format == Format.NVFP4:
-        hidden = [formats.quantize_nvfp4(x[v]) for v in range(variants)]
-    else:
-        hidden = [x[v].astype(jnp.bfloat16) for v in range(variants)]
+    to_act_format = {Format.MXFP8: formats.quantize_mxfp8, Format.NVFP4: formats.quantize_nvfp4}.get(
+        p.act_format, lambda v: v.astype(jnp.bfloat16))
+    hidden = [to_act_format(x[v]) for v in range(variants)]
     kw: dict[str, Any] = dict(local_expert_offset=p.local_expert_offset, activation=p.activation,
                               swiglu_alpha=attrs["swiglu_alpha"], swiglu_beta=attrs["swiglu_beta"],
                               swiglu_limit=attrs["swiglu_limit"], do_finalize=p.do_finalize,
@@ -442,9 +441,6 @@ def _synthetic_call(op: str, problem: MoEProblem, attrs: dict[str, Any], key, we
         if p.has_routing_bias:
             kw["routing_bias"] = 0.1 * jax.random.normal(next(ks), (E,), jnp.float32)
         call = lambda h, r, w13, w2, t: fp4_moe(h, r[0], w13, w2, **kw, tactic=t)
-
-    if variants < 1:
-        raise ValueError(f"variants must be >= 1, got {variants}")
 
     def make(tactic: int, repeats: int = 1):
         if repeats > variants:
