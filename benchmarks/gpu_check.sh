@@ -4,6 +4,7 @@
 # steps (default: build cpu gpu sanitize): any of
 #   build     pip install -e . (the extension, CUDA handlers included), ptxas report
 #   cpu       the CPU suite on the CPU backend
+#   probe     tests/cuda/wgmma_probe.cu: the wgmma layout/descriptor contract alone (seconds)
 #   gpu       pytest -m gpu
 #   sanitize  compute-sanitizer memcheck + racecheck on tests/cuda/sanitizer_harness.cu
 #             (a JAX-free driver of the CUDA stages: the sanitizer crashes inside JAX)
@@ -48,6 +49,13 @@ if has profile; then
   python3 benchmarks/ncu_summary.py "$OUT/ncu.csv" > "$OUT/ncu_summary.txt"
   grep jax_moe "$OUT/ncu_summary.txt" | sed 's/jax_moe:://g' | tail -40
   rm -f "$OUT/ncu.csv"  # large; the summary keeps what matters
+fi
+
+if has probe; then
+  nvcc -std=c++17 -arch=sm_90a -Iffi_src tests/cuda/wgmma_probe.cu -o "$OUT/wgmma_probe" > "$OUT/probe_build.log" 2>&1 \
+    || { tail -20 "$OUT/probe_build.log"; exit 1; }
+  "$OUT/wgmma_probe"; echo "wgmma probe rc $?"
+  rm -f "$OUT/wgmma_probe"
 fi
 
 if has gpu; then

@@ -121,6 +121,14 @@ def bench_model(name: str, tokens: list[int], wfmt: Format, acts: str, a, floors
             if choice["tactic"] != default:
                 tuned = choice["tactic"]
                 t_tuned = per_call(median_time(layer_fn(tuned), (x, logits, ws), a.reps)[0])
+        # --tactics: named tactics timed side by side (e.g. an experimental
+        # family the default and the tuner do not pick yet).
+        forced = {}
+        for tname in filter(None, a.tactics.split(",")):
+            tid = next((t.id for t in tactics.tactic_table() if t.name == tname), None)
+            if tid is None or tactics.invalid_reason(p, tid, tactics.current_platform()):
+                raise SystemExit(f"--tactics: {tname!r} is not a valid tactic here")
+            forced[tname] = per_call(median_time(layer_fn(tid), (x, logits, ws), a.reps)[0]) * 1e6
         # Arrays go in as arguments: a closed-over array becomes an HLO constant
         # (gigabytes of weights in the executable: the host runs out of memory).
         ids = np.asarray(jax.jit(lambda x, l, w: jax_moe.fp4_moe(_hidden(x, acts), l, w[0], w[1], **kw,
@@ -133,7 +141,8 @@ def bench_model(name: str, tokens: list[int], wfmt: Format, acts: str, a, floors
                    tactic=tactics.tactic_table()[tuned].name, default_time_us=t_default * 1e6,
                    default_tactic=tactics.tactic_table()[default].name, iqr_us=iqr / copies * 1e6,
                    mem_floor_us=mem_floor, compute_floor_us=compute_floor, experts_touched=touched,
-                   copies=copies, overhead_us=overhead * 1e6, ragged_dot_bf16_us=None, reference_us=None)
+                   copies=copies, overhead_us=overhead * 1e6, ragged_dot_bf16_us=None, reference_us=None,
+                   tactics_us=forced)
         if bf16_w is not None and acts == "bf16":
             rd_kw = {k: v for k, v in kw.items() if k != "h_global_scale"}
             f = jax.jit(lambda x, l, a, b: peers.ragged_dot_layer(x, l, a, b, **rd_kw))
@@ -148,7 +157,8 @@ def bench_model(name: str, tokens: list[int], wfmt: Format, acts: str, a, floors
         print(f"{name:14s} {row['weights']}/{acts} T={T:6d} {row['time_us']:10.1f} us ({row['tactic']}) "
               f"default {row['default_time_us']:10.1f}  mem floor {mem_floor:8.1f}  compute floor "
               f"{compute_floor:8.1f}  ragged_dot {row['ragged_dot_bf16_us'] or float('nan'):10.1f}  "
-              f"reference {row['reference_us'] or float('nan'):10.1f}", flush=True)
+              f"reference {row['reference_us'] or float('nan'):10.1f}"
+              + "".join(f"  {n} {us:10.1f}" for n, us in forced.items()), flush=True)
     return rows
 
 
@@ -192,6 +202,14 @@ def write_results(a, result: dict) -> None:
             f.write(f"| {r['model']} | {r['T']} | {r['weights']} | {r['acts']} | {r['time_us']:.1f} | {r['tactic']} | "
                     f"{r['default_time_us']:.1f} | {r['mem_floor_us']:.1f} | {r['compute_floor_us']:.1f} | "
                     f"{ratio:.2f} | {fmt(r['ragged_dot_bf16_us'])} | {fmt(r['reference_us'])} |\n")
+        forced_rows = [r for r in result["rows"] if r.get("tactics_us")]
+        if forced_rows:
+            f.write("\n| model | T | weights | acts | tactic (--tactics) | time (us) | vs default |\n"
+                    "|---|---|---|---|---|---|---|\n")
+            for r in forced_rows:
+                for n, us in r["tactics_us"].items():
+                    f.write(f"| {r['model']} | {r['T']} | {r['weights']} | {r['acts']} | {n} | {us:.1f} | "
+                            f"{r['default_time_us'] / us:.2f}x |\n")
         if result["finalize"]:
             f.write("\n| finalize T | H | K | vectorized (us) | scalar (us) | vec / scalar speedup | vec % of copy BW |\n"
                     "|---|---|---|---|---|---|---|\n")
@@ -232,6 +250,8 @@ def main() -> None:
     ap.add_argument("--reference-max-tokens", type=int, default=64)
     ap.add_argument("--tune", action="store_true", help="tune each bucket and time the tuned tactic too")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--tactics", default="", help="comma-separated tactic names also timed per row "
+                                                  "(e.g. cuda_wgmma_t64,cuda_wgmma_t128)")
     ap.add_argument("--out", default="benchmarks/results/latest")
     ap.add_argument("--gpu-tests", default=None, help="pytest summary line of the GPU suite to record")
     ap.add_argument("--no-finalize", action="store_true", help="skip the finalize kernel benchmark (GPU only)")

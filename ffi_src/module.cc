@@ -56,6 +56,11 @@ nb::dict Enums() {
   out["RoutingMethod"] = routing;
   out["Activation"] = activation;
   out["Format"] = format;
+  nb::dict family;
+  for (KernelFamily f : {KernelFamily::kCpuBlocked, KernelFamily::kCudaMmaSwapAB, KernelFamily::kCudaStreamSplitK,
+                         KernelFamily::kCudaWgmmaSwapAB})
+    family[FamilyName(f)] = static_cast<int64_t>(f);
+  out["KernelFamily"] = family;
   return out;
 }
 
@@ -112,6 +117,7 @@ nb::list TacticRows() {
     row["tile_n"] = t.tile_n;
     row["tokens_per_warp"] = t.tokens_per_warp;
     row["k_chunk"] = t.k_chunk;
+    row["experimental"] = IsExperimental(t.family);
     rows.append(row);
   }
   return rows;
@@ -146,6 +152,12 @@ NB_MODULE(_ffi, m) {
   m.def("default_tactic", [](const nb::dict& d, const std::string& platform) {
     return DefaultTactic(ProblemFromDict(d), ParsePlatform(platform));
   });
+  m.def(
+      "tuning_candidates",
+      [](const nb::dict& d, const std::string& platform, bool exhaustive) {
+        return TuningCandidates(ProblemFromDict(d), ParsePlatform(platform), exhaustive);
+      },
+      "Tactic ids the autotuner times: the default first, then the kept candidates.");
   m.def(
       "workspace_bytes",
       [](const nb::dict& d, int64_t id) {

@@ -338,12 +338,17 @@ def choose(op: str, problem: MoEProblem, attrs: dict[str, Any]) -> int:
 
 def tune(problem: MoEProblem, *, buckets: Sequence[int] | None = None, op: str | None = None,
          routed_scaling_factor: float = 1.0, swiglu_alpha: float = 1.702, swiglu_beta: float = 1.0,
-         swiglu_limit: float = 7.0, reps: int | None = None) -> list[dict[str, Any]]:
+         swiglu_limit: float = 7.0, reps: int | None = None,
+         exhaustive: bool = False) -> list[dict[str, Any]]:
     """Tunes `problem` (T ignored) for each bucket ahead of time, without tracing a model.
 
     The results go to the in-memory cache (save them with `save` or inside
     `autotune(cache=...)`). The static float attributes must match the ones the
     model will pass to `fp4_moe` (they are part of the cache key).
+
+    Each bucket times the default and the candidates of
+    `tactics.tuning_candidates` (on CUDA, the tiles near the bucket's expert
+    load); ``exhaustive=True`` times every valid tactic instead.
 
     Returns:
       One row per bucket: bucket, tactic (chosen id), name, default (id),
@@ -357,7 +362,7 @@ def tune(problem: MoEProblem, *, buckets: Sequence[int] | None = None, op: str |
         raise RuntimeError(f"jax_moe has no handlers for platform {platform!r} in this build")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(_tune_buckets, op, problem, attrs,
-                           list(buckets or all_buckets()), platform, reps).result()
+                           list(buckets or all_buckets()), platform, reps, exhaustive).result()
 
 
 # ---------------------------------------------------------------------------
@@ -504,7 +509,7 @@ class _Progress:
 
 
 def _tune_buckets(op: str, problem: MoEProblem, attrs: dict[str, Any], buckets: list[int],
-                  platform: str, reps: int | None = None) -> list[dict[str, Any]]:
+                  platform: str, reps: int | None = None, exhaustive: bool = False) -> list[dict[str, Any]]:
     device_kind = _device_kind(platform)
     reps = reps or (20 if platform == "cuda" else 5)
     copies = 1
@@ -517,7 +522,7 @@ def _tune_buckets(op: str, problem: MoEProblem, attrs: dict[str, Any], buckets: 
         weights = _synthetic_weights(problem, jax.random.key(0), copies)
         for bucket in buckets:
             rows.append(_tune_one(op, problem.with_tokens(bucket), attrs, bucket, platform,
-                                  device_kind, reps, weights))
+                                  device_kind, reps, weights, exhaustive))
             r = rows[-1]
             progress.step(f"T<={bucket}: {r['name']} {r['time_us']:.1f}us "
                           f"(default {r['default_time_us']:.1f}us)")
@@ -525,9 +530,9 @@ def _tune_buckets(op: str, problem: MoEProblem, attrs: dict[str, Any], buckets: 
 
 
 def _tune_one(op: str, problem: MoEProblem, attrs: dict[str, Any], bucket: int, platform: str,
-              device_kind: str, reps: int, weights) -> dict[str, Any]:
-    default = tactics.default_tactic(problem, platform)
-    candidates = [default] + [t.id for t in tactics.valid_tactics(problem, platform) if t.id != default]
+              device_kind: str, reps: int, weights, exhaustive: bool = False) -> dict[str, Any]:
+    candidates = tactics.tuning_candidates(problem, platform, exhaustive=exhaustive)
+    default = candidates[0]
     copies = len(weights)
     # On the GPU one timed executable runs >= 8 layer calls, so the host's
     # dispatch cost does not flatten the differences between tactics.
@@ -547,14 +552,19 @@ def _tune_one(op: str, problem: MoEProblem, attrs: dict[str, Any], bucket: int, 
             failed[tactic] = str(exc)
             return None
 
-    # Compilation dominates tuning time: compile every candidate concurrently.
-    with concurrent.futures.ThreadPoolExecutor(min(8, len(candidates))) as pool:
+    # Compilation dominates tuning time: compile every candidate, and the
+    # baseline executable below, concurrently.
+    with concurrent.futures.ThreadPoolExecutor(min(8, len(candidates) + 1)) as pool:
+        baseline = pool.submit(lambda: make(default, 0).lower(*args).compile())
         compiled = dict(zip(candidates, pool.map(compile_one, candidates)))
+        baseline_error = baseline.exception()
     # The fixed cost of one invocation (argument handling, dispatch, sync:
     # ~1 ms through `Compiled.__call__` on the GPU) is timed on an executable
     # with the same arguments and no layer call, and subtracted below.
     try:
-        empty = make(default, 0).lower(*args).compile()
+        if baseline_error is not None:
+            raise baseline_error
+        empty = baseline.result()
         jax.block_until_ready(empty(*args))
         overhead = median_time(empty, args, max(5, reps))[0]
     except Exception as exc:  # never fatal: times then include the fixed cost

@@ -29,6 +29,8 @@ class Tactic:
       tile_n: output columns (features) per work item.
       tokens_per_warp: CUDA only: the token (N) extent of one warp's MMAs; 0 on the CPU.
       k_chunk: CUDA only: K elements staged in shared memory at a time; 0 on the CPU.
+      experimental: the family has not passed the GPU suite yet; only an
+        explicit ``tactic=`` runs it (never the default or the tuner).
     """
 
     id: int
@@ -39,6 +41,7 @@ class Tactic:
     tile_n: int
     tokens_per_warp: int = 0
     k_chunk: int = 0
+    experimental: bool = False
 
 
 # The `tactic` attribute value meaning "the heuristic default of whichever
@@ -50,6 +53,11 @@ AUTO = -1
 def tactic_table() -> tuple[Tactic, ...]:
     """Every tactic the extension was built with, in id order."""
     return tuple(Tactic(**row) for row in _extension.module().tactic_table())
+
+
+def kernel_families() -> dict[str, int]:
+    """Name -> id of every kernel family (`Tactic.family` values), from the extension."""
+    return dict(_extension.module().enums()["KernelFamily"])
 
 
 def tactic_table_hash() -> str:
@@ -104,6 +112,23 @@ def default_tactic(problem: MoEProblem, platform: str | None = None) -> int:
             f"(build info: {_extension.build_info()})"
         )
     return int(tactic)
+
+
+def tuning_candidates(problem: MoEProblem, platform: str | None = None, *,
+                      exhaustive: bool = False) -> list[int]:
+    """Tactic ids the autotuner times for `problem`: the default first.
+
+    On CUDA the rule in `TuningCandidates` (ffi_src/common/tactics.cc) keeps
+    the tiles within an octave of the bucket's expert load (and the streaming
+    family only below one token per expert); `exhaustive` keeps every valid
+    tactic. The CPU table is always exhaustive.
+    """
+    plat = _platform(platform)
+    ids = [int(i) for i in _extension.module().tuning_candidates(problem.to_dict(), plat, bool(exhaustive))]
+    if not ids:
+        raise RuntimeError(f"jax_moe has no tactic for platform {plat!r} in this build "
+                           f"(build info: {_extension.build_info()})")
+    return ids
 
 
 def workspace_bytes(problem: MoEProblem, tactic: int) -> int:

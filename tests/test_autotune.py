@@ -183,8 +183,9 @@ def test_routed_op_tunes_with_valid_ids():
 
 def test_failing_tactic_is_skipped_and_the_default_stands(monkeypatch, caplog):
     cuda = next(t for t in tactics.tactic_table() if t.platform == "cuda")
-    real = tactics.valid_tactics
-    monkeypatch.setattr(tactics, "valid_tactics", lambda p, plat=None: real(p, plat) + [cuda])
+    real = tactics.tuning_candidates
+    monkeypatch.setattr(tactics, "tuning_candidates",
+                        lambda p, plat=None, exhaustive=False: real(p, plat, exhaustive=exhaustive) + [cuda.id])
     with caplog.at_level(logging.WARNING, logger="jax_moe"):
         rows = jax_moe.tune(_problem(), buckets=[4], reps=2)
     assert cuda.name not in rows[0]["times_us"]
@@ -290,3 +291,44 @@ def test_timed_executable_runs_every_call():
         assert hlo.count('custom_call_target="jax_moe') == 2 * repeats, repeats
     with pytest.raises(ValueError, match="variants"):
         make(0, 4)
+
+
+def _committed_tuning_table():
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "autotune.json")
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_pruned_cuda_candidates_keep_every_measured_winner():
+    # Replays the committed H200 tuning table (timed over every valid tactic)
+    # through the pruning rule: each bucket's measured winner must survive,
+    # the default comes first, and pruning must actually drop candidates.
+    from jax_moe.models import MODELS
+
+    table = {t.name: t.id for t in tactics.tactic_table()}
+    replayed = 0
+    for model, data in _committed_tuning_table()["models"].items():
+        if data.get("exhaustive") is False:
+            continue  # a pruned run cannot show what pruning dropped
+        m = MODELS[model]
+        problem = jax_moe.MoEProblem(1, m.hidden_size, m.intermediate_size, m.num_experts, m.num_experts,
+                                     m.top_k, routing_method=m.routing, n_group=m.n_group,
+                                     topk_group=m.topk_group, activation=m.activation,
+                                     has_b13=m.biases, has_b2=m.biases)
+        for row in data["rows"]:
+            p = problem.with_tokens(row["bucket"])
+            kept = tactics.tuning_candidates(p, "cuda")
+            every = tactics.tuning_candidates(p, "cuda", exhaustive=True)
+            assert kept[0] == every[0] == tactics.default_tactic(p, "cuda")
+            assert set(kept) <= set(every) and len(kept) < len(every), (row["bucket"], kept, every)
+            times = {n: t for n, t in row["times_us"].items() if n in table}
+            winner = min(times, key=times.get)
+            assert table[winner] in kept, (model, row["bucket"], winner, [tactics.tactic_table()[i].name for i in kept])
+            replayed += 1
+    assert replayed >= 20
+
+
+def test_cpu_tuning_stays_exhaustive():
+    p = jax_moe.MoEProblem(3, 64, 32, 8, 8, 2)
+    assert sorted(tactics.tuning_candidates(p, "cpu")) == sorted(t.id for t in tactics.valid_tactics(p, "cpu"))
+    assert len(tactics.tuning_candidates(p, "cpu")) >= 2

@@ -55,4 +55,26 @@ def test_cuda_default_is_the_staged_family_with_tiles_up_to_32(T, tile):
     staged family, token tile from the average expert load, capped at 32."""
     problem = jax_moe.MoEProblem(T, 2880, 2880, 128, 128, 4)
     t = jax_moe.tactics.tactic_table()[jax_moe.default_tactic(problem, "cuda")]
-    assert (t.platform, t.family, t.tile_tokens) == ("cuda", 1, tile)
+    assert (t.platform, t.family, t.tile_tokens) == ("cuda", tactics.kernel_families()["cuda_mma_swap_ab"], tile)
+
+
+def test_every_tactic_names_a_known_family():
+    families = tactics.kernel_families()
+    assert set(families) >= {"cpu_blocked", "cuda_mma_swap_ab", "cuda_stream_split_k", "cuda_wgmma_swap_ab"}
+    assert len(set(families.values())) == len(families)
+    assert {t.family for t in tactics.tactic_table()} <= set(families.values())
+
+
+@pytest.mark.parametrize("T", [1, 64, 4096, 16384])
+def test_experimental_tactics_are_never_chosen_automatically(T):
+    """An unproven family (the wgmma rows until the GPU suite passes) is only
+    reachable with an explicit tactic: never the default, never tuned."""
+    experimental = {t.id for t in tactics.tactic_table() if t.experimental}
+    assert experimental, "expected the wgmma rows to be marked experimental until validated on a GPU"
+    problem = jax_moe.MoEProblem(T, 2880, 2880, 128, 128, 4)
+    for plat in ("cpu", "cuda"):
+        assert tactics.default_tactic(problem, plat) not in experimental
+        for exhaustive in (False, True):
+            assert not experimental & set(tactics.tuning_candidates(problem, plat, exhaustive=exhaustive))
+    # ...but they are valid tactics: an explicit tactic= runs them.
+    assert all(not tactics.invalid_reason(problem, t, "cuda") for t in experimental)

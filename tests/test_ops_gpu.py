@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jax_moe
-from jax_moe import _extension, reference
+from jax_moe import _extension, reference, tactics
 from jax_moe.activation import Activation
 from jax_moe.formats import Format
 from jax_moe.models import MODELS
@@ -99,7 +99,7 @@ def test_every_cuda_tactic(shape, tactic):
     _check(make_case(**shape), tactic=tactic)
 
 
-_FAMILIES = {"staged": 1, "stream": 2}  # KernelFamily values (ffi_src/common/tactics.h)
+_FAMILIES = {"staged": "cuda_mma_swap_ab", "stream": "cuda_stream_split_k"}
 
 
 @pytest.mark.parametrize("wfmt,afmt", list(itertools.product((Format.NVFP4, Format.MXFP4),
@@ -112,8 +112,40 @@ def test_both_kernel_families_every_format(family, wfmt, afmt):
     case = make_case(T=40, H=1056, I=352, E=8, top_k=2, weight_format=wfmt, act_format=afmt,
                      activation=Activation.SWIGLU_OAI, biases=True)
     tactic = next(t for t in _cuda_tactics(T=40, H=1056, I=352, E=8, top_k=2)
-                  if t.family == _FAMILIES[family] and t.tile_tokens == 16)
+                  if t.family == tactics.kernel_families()[_FAMILIES[family]] and t.tile_tokens == 16)
     _check(case, tactic=tactic.id)
+
+
+def _wgmma_tactics():
+    family = tactics.kernel_families()["cuda_wgmma_swap_ab"]
+    return [t for t in tactics.tactic_table() if t.family == family]
+
+
+@pytest.mark.parametrize("wfmt,afmt", list(itertools.product((Format.NVFP4, Format.MXFP4),
+                                                             (Format.BF16, Format.MXFP8, Format.NVFP4))),
+                         ids=lambda v: v.name.lower())
+@pytest.mark.parametrize("tile", [64, 128])
+def test_wgmma_family_every_format(tile, wfmt, afmt):
+    """The wgmma family (experimental until this passes): every weight x
+    activation format, biases and the gpt-oss activation, K tails in both
+    GEMMs (H = 1056 = 8 * 128 + 32, I = 352 = 2 * 128 + 96), feature blocks
+    of 128 with idle warps (352 and 1056 are not multiples of 128), partial
+    and several tiles per expert."""
+    case = make_case(T=300, H=1056, I=352, E=8, top_k=2, weight_format=wfmt, act_format=afmt,
+                     activation=Activation.SWIGLU_OAI, biases=True)
+    tactic = next(t for t in _wgmma_tactics() if t.tile_tokens == tile)
+    _check(case, tactic=tactic.id)
+
+
+@pytest.mark.parametrize("T,routing", [(1, RoutingMethod.RENORMALIZE), (700, RoutingMethod.DEEPSEEK_V3)])
+def test_wgmma_family_model_shapes(T, routing):
+    """A DeepSeek-like shape (H = 7168 spans 28 chunks of 256) on both wgmma tiles,
+    T = 1 (one live token in a 64/128-row tile) and a prefill-sized T."""
+    case = make_case(T=T, H=7168, I=256, E=32, top_k=4, routing=routing)
+    if routing == RoutingMethod.DEEPSEEK_V3:
+        case.kwargs.update(n_group=4, topk_group=2)
+    for t in _wgmma_tactics():
+        _check(case, tactic=t.id)
 
 
 @pytest.mark.parametrize("T", [5, 300])  # scalar and vectorized finalize kernels

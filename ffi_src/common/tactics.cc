@@ -18,8 +18,29 @@ const std::vector<Tactic>& TacticTable() {
   {#name, Platform::kCuda, KernelFamily::kCudaStreamSplitK, tt, 32, tw, 0},
       JAX_MOE_CUDA_STREAM_TACTICS(JAX_MOE_CUDA_STREAM_ROW)
 #undef JAX_MOE_CUDA_STREAM_ROW
+#define JAX_MOE_CUDA_WGMMA_ROW(name, tt, kc) \
+  {#name, Platform::kCuda, KernelFamily::kCudaWgmmaSwapAB, tt, 128, 64, kc},
+      JAX_MOE_CUDA_WGMMA_TACTICS(JAX_MOE_CUDA_WGMMA_ROW)
+#undef JAX_MOE_CUDA_WGMMA_ROW
   };
   return table;
+}
+
+bool IsExperimental(KernelFamily family) {
+  // The wgmma family (added 2026-12-01 without a device: none was lent that
+  // session) compiles to HGMMA with 0 spills; it leaves this list once
+  // `pytest -m gpu` passes with it (tests/test_ops_gpu.py::test_wgmma_family*).
+  return family == KernelFamily::kCudaWgmmaSwapAB;
+}
+
+const char* FamilyName(KernelFamily family) {
+  switch (family) {
+    case KernelFamily::kCpuBlocked: return "cpu_blocked";
+    case KernelFamily::kCudaMmaSwapAB: return "cuda_mma_swap_ab";
+    case KernelFamily::kCudaStreamSplitK: return "cuda_stream_split_k";
+    case KernelFamily::kCudaWgmmaSwapAB: return "cuda_wgmma_swap_ab";
+  }
+  return "unknown";
 }
 
 int64_t FirstCudaTactic() {
@@ -54,33 +75,84 @@ std::string TacticInvalidReason(const MoeProblem& p, Platform platform, int64_t 
   return "";
 }
 
+namespace {
+
+// The token tile the average expert load fills, with 30% headroom for
+// imbalance (DESIGN.md section 5).
+double LoadTarget(const MoeProblem& p) {
+  return 1.3 * static_cast<double>(p.expanded()) / p.num_local_experts;
+}
+
+// The tile the heuristic aims at, at least 1. CUDA tiles stop at 32 tokens:
+// the tuner (benchmarks/results/autotune.md, gpt-oss-120b on an H200) chose
+// cuda_mma_t32_n128 for every bucket from 768 to 16384 tokens, 1.1-1.75x
+// faster than the t64/t128 the uncapped load gave there.
+double HeuristicTile(const MoeProblem& p, Platform platform) {
+  const double avg = LoadTarget(p);
+  if (platform == Platform::kCuda && avg > 32.0) return 32.0;
+  return avg > 1.0 ? avg : 1.0;
+}
+
+// Distance in octaves between a tactic's tile and a target tile.
+double TileGap(const Tactic& t, double target) {
+  return std::fabs(std::log2(static_cast<double>(t.tile_tokens)) - std::log2(target));
+}
+
+}  // namespace
+
 int64_t DefaultTactic(const MoeProblem& p, Platform platform) {
-  // Seed heuristic: the token tile that the average expert load fills,
-  // with 30% headroom for imbalance.
-  const double avg = 1.3 * static_cast<double>(p.expanded()) / p.num_local_experts;
   // CUDA: the staged family. The streaming family is a tuning candidate only:
   // on an H200 (2026-12-01, benchmarks/NOTES.md v2) it measured up to 2.5x
   // slower than the staged kernels of the same tile except at T = 1.
   const KernelFamily cuda_family = KernelFamily::kCudaMmaSwapAB;
-  // CUDA tiles stop at 32 tokens: the tuner (benchmarks/results/autotune.md,
-  // gpt-oss-120b on an H200) chose cuda_mma_t32_n128 for every bucket from
-  // 768 to 16384 tokens, 1.1-1.75x faster than the t64/t128 this heuristic
-  // gave there.
-  const double target = platform == Platform::kCuda && avg > 32.0 ? 32.0 : avg;
+  const double target = HeuristicTile(p, platform);
   int64_t best = -1;
   double best_gap = 0;
   const auto& table = TacticTable();
   for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i) {
     if (!TacticInvalidReason(p, platform, i).empty()) continue;
     if (platform == Platform::kCuda && table[i].family != cuda_family) continue;
-    const double gap = std::fabs(std::log2(static_cast<double>(table[i].tile_tokens)) -
-                                 std::log2(target > 1.0 ? target : 1.0));
+    const double gap = TileGap(table[i], target);
     if (best < 0 || gap < best_gap) {
       best = i;
       best_gap = gap;
     }
   }
   return best;
+}
+
+std::vector<int64_t> TuningCandidates(const MoeProblem& p, Platform platform, bool exhaustive) {
+  const int64_t def = DefaultTactic(p, platform);
+  std::vector<int64_t> out;
+  if (def < 0) return out;
+  out.push_back(def);
+  const auto& table = TacticTable();
+  // The pruning rule, from the 22-bucket gpt-oss-120b table of 2026-12-01
+  // (benchmarks/results/autotune.json; tests/test_autotune.py replays it):
+  // every bucket's winner had a tile within one octave of the heuristic tile
+  // (raised to the smallest tile when the load is below it), and the
+  // streaming family only came near the best (1.01x) while the average
+  // expert load was below one token. That keeps 3-6 compiles per CUDA bucket
+  // instead of all 11. The CPU table is small and stays exhaustive, so the
+  // CPU tests exercise a real choice between blockings.
+  const bool prune = !exhaustive && platform == Platform::kCuda;
+  double smallest = 0;
+  for (const Tactic& t : table)
+    if (t.platform == platform && (smallest == 0 || t.tile_tokens < smallest))
+      smallest = static_cast<double>(t.tile_tokens);
+  const double heuristic = HeuristicTile(p, platform);
+  const double target = heuristic > smallest ? heuristic : smallest;
+  for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i) {
+    if (i == def || !TacticInvalidReason(p, platform, i).empty()) continue;
+    if (IsExperimental(table[i].family)) continue;
+    if (prune) {
+      if (TileGap(table[i], target) > 1.0) continue;
+      const bool above_one_token = static_cast<double>(p.expanded()) > p.num_local_experts;
+      if (table[i].family == KernelFamily::kCudaStreamSplitK && above_one_token) continue;
+    }
+    out.push_back(i);
+  }
+  return out;
 }
 
 }  // namespace jax_moe

@@ -22,6 +22,9 @@ enum class KernelFamily : int64_t {
   kCudaStreamSplitK = 2,  // CUDA: the same MMAs, one block per token tile x 32 features,
                           // warps split K, operands streamed from global memory
                           // through a two-stage register pipeline (small T)
+  kCudaWgmmaSwapAB = 3,  // CUDA (sm_90a): wgmma m64nNk16, decoded FP4 weights as the
+                         // register A operand, the token tile (N = 64/128) staged in
+                         // shared memory (prefill)
 };
 
 // The CUDA rows, once: the table (tactics.cc) and the kernel instantiations
@@ -51,6 +54,14 @@ enum class KernelFamily : int64_t {
   X(cuda_stream_t16, 16, 16)           \
   X(cuda_stream_t32, 32, 16)           \
   X(cuda_stream_t64, 64, 16)
+
+// The wgmma rows (cuda/gemm_wgmma.cuh), after the streaming rows:
+//   X(name, tile_tokens, k_chunk)
+// One block covers 128 features; GEMM1 runs 64 tokens per warpgroup
+// (tile_tokens / 64 warpgroups), GEMM2 up to 128.
+#define JAX_MOE_CUDA_WGMMA_TACTICS(X) \
+  X(cuda_wgmma_t64,   64, 256)        \
+  X(cuda_wgmma_t128, 128, 128)
 // clang-format on
 
 struct Tactic {
@@ -62,6 +73,15 @@ struct Tactic {
   int64_t tokens_per_warp;  // CUDA: N extent of one warp (0 on the CPU)
   int64_t k_chunk;          // CUDA staged family: K elements per shared-memory stage (0 elsewhere)
 };
+
+// Families whose kernels have not yet passed the GPU suite on a device: an
+// explicit tactic runs them (that is how the tests reach them), but neither
+// the default nor the autotuner ever picks them, so an unproven kernel
+// cannot be chosen for speed while giving a wrong answer.
+bool IsExperimental(KernelFamily family);
+
+// Name of a family as Python sees it ("cuda_mma_swap_ab", ...).
+const char* FamilyName(KernelFamily family);
 
 // Index of the first CUDA row: CUDA rows follow the CPU rows in list order.
 int64_t FirstCudaTactic();
@@ -79,5 +99,10 @@ std::string TacticInvalidReason(const MoeProblem& p, Platform platform, int64_t 
 // token tile follows the average expert load (DESIGN.md section 5), in the
 // staged family (the measured faster one; the autotuner weighs both).
 int64_t DefaultTactic(const MoeProblem& p, Platform platform);
+
+// The tactics the autotuner times for `p`: the default first, then the valid,
+// non-experimental tactics the pruning rule (tactics.cc) keeps, or every one
+// of those when `exhaustive`. Empty only if the platform has no tactic at all.
+std::vector<int64_t> TuningCandidates(const MoeProblem& p, Platform platform, bool exhaustive);
 
 }  // namespace jax_moe

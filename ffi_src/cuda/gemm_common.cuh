@@ -177,6 +177,61 @@ __device__ __forceinline__ WeightQuad LoadWeightQuad(const uint8_t* row, const u
   return w;
 }
 
+// The fp32 accumulators of every GEMM kernel, acc[m-tile][n8 tile][4], zeroed.
+template <int kMT, int kNT>
+__device__ __forceinline__ void ZeroAccumulators(float (&acc)[kMT][kNT][4]) {
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+}
+
+// One lane's weight rows for a warp whose kMT m-tiles start at feature
+// feat0: rows g and g + 8 of each m-tile (GEMM1: m-tiles 0, 1 gate rows,
+// 2, 3 the up rows n_dim further), kept as 32-bit row indices into the
+// expert's weights and scales (pointers would cost twice the registers).
+// M-tiles past n_dim are invalid: they point at row 0 and load zeros.
+template <int kMT, Format WF, GemmStage ST>
+struct LaneWeights {
+  const uint8_t* w;
+  const uint8_t* s;
+  int k_bytes, scale_cols;
+  bool aligned16, scale_pairs;
+  int row[kMT][2];
+  bool valid[kMT];
+
+  __device__ __forceinline__ LaneWeights(const GemmArgs& a, int expert, int feat0, int g) {
+    k_bytes = a.k_dim / 2;
+    scale_cols = a.k_dim / BlockSize(WF);
+    aligned16 = (k_bytes % 16) == 0;
+    scale_pairs = (scale_cols % 2) == 0;
+    w = a.w + static_cast<int64_t>(expert) * a.w_rows_per_expert * k_bytes;
+    s = a.w_scale + static_cast<int64_t>(expert) * a.w_rows_per_expert * scale_cols;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      const int sub = ST == GemmStage::kGemm1 ? (mt & 1) : mt;
+      const int feature = feat0 + 16 * sub;
+      valid[mt] = feature < a.n_dim;
+      const int base = (ST == GemmStage::kGemm1 && mt >= 2) ? a.n_dim + feature : feature;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) row[mt][r] = valid[mt] ? base + g + 8 * r : 0;
+    }
+  }
+
+  // The lane's quads at K offset k (k = K block start + 32 * q).
+  __device__ __forceinline__ void Load(int k, int k_dim, WeightQuad (&out)[kMT][2]) const {
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        out[mt][r] = valid[mt] ? LoadWeightQuad<WF>(w + row[mt][r] * k_bytes, s + row[mt][r] * scale_cols, k,
+                                                    k_dim, aligned16, scale_pairs)
+                               : WeightQuad{make_uint4(0, 0, 0, 0), 0u};
+  }
+};
+
 // A quad's block scales as bf16x2 pairs: s[0] for elements 0..15, s[1] for 16..31.
 template <Format WF>
 __device__ __forceinline__ void QuadScales(const WeightQuad& w, uint32_t (&s)[2]) {

@@ -67,12 +67,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   }
 
   float acc[kMT][kNT][4];
-#pragma unroll
-  for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+  ZeroAccumulators(acc);
 
   for (int k0 = 0; k0 < a.k_dim; k0 += KC) {
     __syncthreads();  // the previous chunk is consumed; s_expanded is visible

@@ -62,25 +62,8 @@ __global__ void __launch_bounds__(32 * gemm_detail::kStreamMaxWarps)
   const int wt = warp % kWarpsT, ks = warp / kWarpsT;
   const int feat0 = blockIdx.y * 32;
 
-  // This lane's weight rows (rows g and g + 8 of each m-tile) as 32-bit byte
-  // offsets into its expert's weights and scales (pointers would cost twice
-  // the registers, which the two operand stages need).
-  const int k_bytes = a.k_dim / 2;
-  const int scale_cols = a.k_dim / BlockSize(WF);
-  const bool aligned16 = (k_bytes % 16) == 0, scale_pairs = (scale_cols % 2) == 0;
-  const uint8_t* wexp = a.w + static_cast<int64_t>(expert) * a.w_rows_per_expert * k_bytes;
-  const uint8_t* sexp = a.w_scale + static_cast<int64_t>(expert) * a.w_rows_per_expert * scale_cols;
-  int wrow[kMT][2];
-  bool mt_valid[kMT];
-#pragma unroll
-  for (int mt = 0; mt < kMT; ++mt) {
-    const int sub = ST == GemmStage::kGemm1 ? (mt & 1) : mt;
-    const int feature = feat0 + 16 * sub;
-    mt_valid[mt] = feature < a.n_dim;
-    const int base = (ST == GemmStage::kGemm1 && mt >= 2) ? a.n_dim + feature : feature;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) wrow[mt][r] = mt_valid[mt] ? base + g + 8 * r : 0;  // unused rows: row 0
-  }
+  const LaneWeights<kMT, WF, ST> lw(a, expert, feat0, g);
+  const auto& mt_valid = lw.valid;
   int64_t src_row[kNT];
   bool row_live[kNT];
 #pragma unroll
@@ -93,13 +76,7 @@ __global__ void __launch_bounds__(32 * gemm_detail::kStreamMaxWarps)
 
   auto load = [&](StreamStage<kMT, kNT>& st, int kb) {
     const int k = kb + 32 * q;
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int r = 0; r < 2; ++r)
-        st.w[mt][r] = mt_valid[mt] ? LoadWeightQuad<WF>(wexp + wrow[mt][r] * k_bytes, sexp + wrow[mt][r] * scale_cols,
-                                                        k, a.k_dim, aligned16, scale_pairs)
-                                   : WeightQuad{make_uint4(0, 0, 0, 0), 0u};
+    lw.Load(k, a.k_dim, st.w);
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
@@ -109,12 +86,7 @@ __global__ void __launch_bounds__(32 * gemm_detail::kStreamMaxWarps)
   };
 
   float acc[kMT][kNT][4];
-#pragma unroll
-  for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+  ZeroAccumulators(acc);
 
   auto compute = [&](const StreamStage<kMT, kNT>& st) {
 #pragma unroll

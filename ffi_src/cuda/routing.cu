@@ -46,8 +46,9 @@ __device__ float WarpMax(float v) {
   return v;
 }
 
-// k rounds of arg-max over score[0..n) (in shared memory); writes the chosen
-// indices and scores (identical on every lane).
+// k rounds of arg-max over score[0..n) (in shared memory); lane 0 writes the
+// chosen indices and scores to idx/val (shared memory: an array indexed by
+// the round would live in local memory).
 __device__ void WarpTopK(const float* score, int n, int k, int lane, int32_t* idx, float* val) {
   uint32_t taken = 0;  // bit s: expert lane + 32 s already chosen
   for (int r = 0; r < k; ++r) {
@@ -58,24 +59,66 @@ __device__ void WarpTopK(const float* score, int n, int k, int lane, int32_t* id
     }
     b = WarpArgMax(b);
     if ((b.index & 31) == lane) taken |= 1u << (b.index >> 5);
-    idx[r] = b.index;
-    val[r] = b.score;
+    if (lane == 0) {
+      idx[r] = b.index;
+      val[r] = b.score;
+    }
   }
+  __syncwarp();
 }
+
+// The sum of the two best scores of group g (one lane per group), with the
+// CPU's TopKList(2) semantics: ties keep the earlier expert, and the sum is
+// best + second in that order. Scalars, so nothing spills to local memory.
+__device__ float GroupScore(const float* score, int g, int per_group) {
+  float best = score[g * per_group], second = 0.0f;
+  bool two = false;
+  for (int j = 1; j < per_group; ++j) {
+    const float s = score[g * per_group + j];
+    if (!two) {
+      if (s > best) {
+        second = best;
+        best = s;
+      } else {
+        second = s;
+      }
+      two = true;
+    } else if (s > second) {
+      if (s > best) {
+        second = best;
+        best = s;
+      } else {
+        second = s;
+      }
+    }
+  }
+  return two ? best + second : best;
+}
+
+// One warp's scratch. Everything indexed at run time lives here, not in
+// per-thread arrays (which the compiler puts on the stack: 464 bytes of
+// local memory and ~12 us at T = 1 before this layout).
+struct WarpScratch {
+  float score[kMaxExperts];
+  float group[kMaxGroups];
+  int32_t group_idx[kMaxGroups];
+  float group_val[kMaxGroups];
+  int32_t idx[kMaxTopK];
+  float val[kMaxTopK];
+  float w[kMaxTopK];
+};
 
 __global__ void RoutingKernel(const float* __restrict__ logits, const float* __restrict__ bias,
                               RoutingParams rp, int num_tokens, int32_t* __restrict__ ids,
                               float* __restrict__ weights) {
-  __shared__ float s_score[kWarpsPerBlock][kMaxExperts];
-  __shared__ float s_group[kWarpsPerBlock][kMaxGroups];
+  __shared__ WarpScratch s_warp[kWarpsPerBlock];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int t = blockIdx.x * kWarpsPerBlock + warp;
   if (t >= num_tokens) return;
   const int E = rp.num_experts, K = rp.top_k;
   const float* x = logits + static_cast<int64_t>(t) * E;
-  float* score = s_score[warp];
-  int32_t idx[kMaxTopK];
-  float val[kMaxTopK];
+  WarpScratch& ws = s_warp[warp];
+  float* score = ws.score;
 
   switch (rp.method) {
     case RoutingMethod::kDEFAULT: {
@@ -87,7 +130,7 @@ __global__ void RoutingKernel(const float* __restrict__ logits, const float* __r
       s = WarpSum(s);
       for (int e = lane; e < E; e += 32) score[e] = expf(x[e] - m) / s;
       __syncwarp();
-      WarpTopK(score, E, K, lane, idx, val);
+      WarpTopK(score, E, K, lane, ws.idx, ws.val);
       break;
     }
     case RoutingMethod::kRENORMALIZE:
@@ -95,7 +138,7 @@ __global__ void RoutingKernel(const float* __restrict__ logits, const float* __r
     case RoutingMethod::kLLAMA4: {
       for (int e = lane; e < E; e += 32) score[e] = x[e];
       __syncwarp();
-      WarpTopK(score, E, K, lane, idx, val);
+      WarpTopK(score, E, K, lane, ws.idx, ws.val);
       break;
     }
     case RoutingMethod::kDEEPSEEK_V3: {
@@ -105,38 +148,26 @@ __global__ void RoutingKernel(const float* __restrict__ logits, const float* __r
       __syncwarp();
       if (groups > 1) {
         // Group score = sum of its two best biased scores (lane g scans group g).
-        if (lane < groups) {
-          TopKList two(per_group >= 2 ? 2 : 1);
-          for (int j = 0; j < per_group; ++j) two.Offer(score[lane * per_group + j], lane * per_group + j);
-          s_group[warp][lane] = two.size == 2 ? two.score[0] + two.score[1] : two.score[0];
-        }
+        if (lane < groups) ws.group[lane] = GroupScore(score, lane, per_group);
         __syncwarp();
-        int32_t gidx[kMaxGroups];
-        float gval[kMaxGroups];
-        WarpTopK(s_group[warp], groups, rp.topk_group, lane, gidx, gval);
+        WarpTopK(ws.group, groups, rp.topk_group, lane, ws.group_idx, ws.group_val);
         uint32_t kept = 0;
-        for (int i = 0; i < rp.topk_group; ++i) kept |= 1u << gidx[i];
+        for (int i = 0; i < rp.topk_group; ++i) kept |= 1u << ws.group_idx[i];
         for (int e = lane; e < E; e += 32)
           if (!(kept >> (e / per_group) & 1u)) score[e] = -INFINITY;
         __syncwarp();
       }
-      WarpTopK(score, E, K, lane, idx, val);
+      WarpTopK(score, E, K, lane, ws.idx, ws.val);
       break;
     }
   }
-  float w[kMaxTopK];
-  RoutingWeights(rp, x, val, idx, w);
+  // The weights are a few k-ordered sums (the CPU's own RoutingWeights, same
+  // order): one lane computes them into shared memory, lanes < K store.
+  if (lane == 0) RoutingWeights(rp, x, ws.val, ws.idx, ws.w);
+  __syncwarp();
   if (lane < K) {
-    // Registers indexed by lane: select through a loop to stay in registers.
-    int my_id = 0;
-    float my_w = 0.0f;
-    for (int k = 0; k < K; ++k)
-      if (k == lane) {
-        my_id = idx[k];
-        my_w = w[k];
-      }
-    ids[static_cast<int64_t>(t) * K + lane] = my_id;
-    weights[static_cast<int64_t>(t) * K + lane] = my_w;
+    ids[static_cast<int64_t>(t) * K + lane] = ws.idx[lane];
+    weights[static_cast<int64_t>(t) * K + lane] = ws.w[lane];
   }
 }
 
