@@ -125,9 +125,10 @@ def bench_model(name: str, tokens: list[int], wfmt: Format, acts: str, a, floors
         # family the default and the tuner do not pick yet).
         forced = {}
         for tname in filter(None, a.tactics.split(",")):
-            tid = next((t.id for t in tactics.tactic_table() if t.name == tname), None)
-            if tid is None or tactics.invalid_reason(p, tid, tactics.current_platform()):
-                raise SystemExit(f"--tactics: {tname!r} is not a valid tactic here")
+            tid = tactics.tactic_id(tname)
+            reason = tactics.invalid_reason(p, tid, tactics.current_platform())
+            if reason:
+                raise SystemExit(f"--tactics: {tname!r} cannot run here: {reason}")
             forced[tname] = per_call(median_time(layer_fn(tid), (x, logits, ws), a.reps)[0]) * 1e6
         # Arrays go in as arguments: a closed-over array becomes an HLO constant
         # (gigabytes of weights in the executable: the host runs out of memory).

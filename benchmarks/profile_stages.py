@@ -44,12 +44,11 @@ def main() -> None:
     w13 = random_expert_weights(jax.random.fold_in(key, 1), E, 2 * I, H, wf)
     w2 = random_expert_weights(jax.random.fold_in(key, 2), E, H, I, wf)
     kw = layer_kwargs(m)
-    by_name = {t.name: t.id for t in tactics.tactic_table()}
     for T in (int(t) for t in a.tokens.split(",")):
         x = jax.random.normal(jax.random.fold_in(key, 10 + T), (T, H), jnp.bfloat16)
         logits = 2.0 * jax.random.normal(jax.random.fold_in(key, 20 + T), (T, E), jnp.float32)
         for name in a.tactics.split(","):
-            tactic = None if name == "default" else by_name[name]
+            tactic = None if name == "default" else tactics.tactic_id(name)
             f = jax.jit(lambda x, l, w13, w2: jax_moe.fp4_moe(x, l, w13, w2, **kw, tactic=tactic))
             for _ in range(1 + a.calls):
                 out = jax.block_until_ready(f(x, logits, w13, w2))

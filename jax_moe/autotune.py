@@ -557,14 +557,11 @@ def _tune_one(op: str, problem: MoEProblem, attrs: dict[str, Any], bucket: int, 
     with concurrent.futures.ThreadPoolExecutor(min(8, len(candidates) + 1)) as pool:
         baseline = pool.submit(lambda: make(default, 0).lower(*args).compile())
         compiled = dict(zip(candidates, pool.map(compile_one, candidates)))
-        baseline_error = baseline.exception()
     # The fixed cost of one invocation (argument handling, dispatch, sync:
     # ~1 ms through `Compiled.__call__` on the GPU) is timed on an executable
     # with the same arguments and no layer call, and subtracted below.
     try:
-        if baseline_error is not None:
-            raise baseline_error
-        empty = baseline.result()
+        empty = baseline.result()  # re-raises a compile failure here
         jax.block_until_ready(empty(*args))
         overhead = median_time(empty, args, max(5, reps))[0]
     except Exception as exc:  # never fatal: times then include the fixed cost

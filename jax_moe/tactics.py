@@ -55,6 +55,15 @@ def tactic_table() -> tuple[Tactic, ...]:
     return tuple(Tactic(**row) for row in _extension.module().tactic_table())
 
 
+def tactic_id(name: str) -> int:
+    """The id of the tactic called `name`; ValueError listing the names if none is."""
+    table = tactic_table()
+    for t in table:
+        if t.name == name:
+            return t.id
+    raise ValueError(f"unknown tactic {name!r}; valid names: {', '.join(t.name for t in table)}")
+
+
 def kernel_families() -> dict[str, int]:
     """Name -> id of every kernel family (`Tactic.family` values), from the extension."""
     return dict(_extension.module().enums()["KernelFamily"])

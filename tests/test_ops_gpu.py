@@ -102,6 +102,12 @@ def test_every_cuda_tactic(shape, tactic):
 _FAMILIES = {"staged": "cuda_mma_swap_ab", "stream": "cuda_stream_split_k"}
 
 
+def _family_tactics(family: str, tactic_list=None):
+    """The tactics (of `tactic_list`, default the whole table) of the kernel family named `family`."""
+    fid = tactics.kernel_families()[family]
+    return [t for t in (tactic_list if tactic_list is not None else tactics.tactic_table()) if t.family == fid]
+
+
 @pytest.mark.parametrize("wfmt,afmt", list(itertools.product((Format.NVFP4, Format.MXFP4),
                                                              (Format.BF16, Format.MXFP8, Format.NVFP4))),
                          ids=lambda v: v.name.lower())
@@ -111,14 +117,9 @@ def test_both_kernel_families_every_format(family, wfmt, afmt):
     gpt-oss activation, K tails (H = 1056 = 8 * 128 + 32) and 16-token tiles."""
     case = make_case(T=40, H=1056, I=352, E=8, top_k=2, weight_format=wfmt, act_format=afmt,
                      activation=Activation.SWIGLU_OAI, biases=True)
-    tactic = next(t for t in _cuda_tactics(T=40, H=1056, I=352, E=8, top_k=2)
-                  if t.family == tactics.kernel_families()[_FAMILIES[family]] and t.tile_tokens == 16)
+    tactic = next(t for t in _family_tactics(_FAMILIES[family], _cuda_tactics(T=40, H=1056, I=352, E=8, top_k=2))
+                  if t.tile_tokens == 16)
     _check(case, tactic=tactic.id)
-
-
-def _wgmma_tactics():
-    family = tactics.kernel_families()["cuda_wgmma_swap_ab"]
-    return [t for t in tactics.tactic_table() if t.family == family]
 
 
 @pytest.mark.parametrize("wfmt,afmt", list(itertools.product((Format.NVFP4, Format.MXFP4),
@@ -133,7 +134,7 @@ def test_wgmma_family_every_format(tile, wfmt, afmt):
     and several tiles per expert."""
     case = make_case(T=300, H=1056, I=352, E=8, top_k=2, weight_format=wfmt, act_format=afmt,
                      activation=Activation.SWIGLU_OAI, biases=True)
-    tactic = next(t for t in _wgmma_tactics() if t.tile_tokens == tile)
+    tactic = next(t for t in _family_tactics("cuda_wgmma_swap_ab") if t.tile_tokens == tile)
     _check(case, tactic=tactic.id)
 
 
@@ -144,7 +145,7 @@ def test_wgmma_family_model_shapes(T, routing):
     case = make_case(T=T, H=7168, I=256, E=32, top_k=4, routing=routing)
     if routing == RoutingMethod.DEEPSEEK_V3:
         case.kwargs.update(n_group=4, topk_group=2)
-    for t in _wgmma_tactics():
+    for t in _family_tactics("cuda_wgmma_swap_ab"):
         _check(case, tactic=t.id)
 
 

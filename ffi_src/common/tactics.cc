@@ -142,12 +142,12 @@ std::vector<int64_t> TuningCandidates(const MoeProblem& p, Platform platform, bo
       smallest = static_cast<double>(t.tile_tokens);
   const double heuristic = HeuristicTile(p, platform);
   const double target = heuristic > smallest ? heuristic : smallest;
+  const bool above_one_token = p.expanded() > p.num_local_experts;  // average expert load
   for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i) {
     if (i == def || !TacticInvalidReason(p, platform, i).empty()) continue;
     if (IsExperimental(table[i].family)) continue;
     if (prune) {
       if (TileGap(table[i], target) > 1.0) continue;
-      const bool above_one_token = static_cast<double>(p.expanded()) > p.num_local_experts;
       if (table[i].family == KernelFamily::kCudaStreamSplitK && above_one_token) continue;
     }
     out.push_back(i);

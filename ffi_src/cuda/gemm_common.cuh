@@ -255,6 +255,15 @@ __device__ __forceinline__ void DecodeWord(const WeightQuad& w, int j, const uin
   for (int i = 0; i < 4; ++i) out[i] = MulBf16x2(MulBf16x2(out[i], kBf16x2Pow2_126), s);
 }
 
+// DecodeWord with the block scales rebuilt from the quad's raw bytes, for
+// kernels that cannot keep the decoded scales live for a whole K block.
+template <Format WF>
+__device__ __forceinline__ void DecodeWordRawScales(const WeightQuad& w, int j, uint32_t (&out)[4]) {
+  uint32_t scale[2];
+  QuadScales<WF>(w, scale);
+  DecodeWord(w, j, scale, out);
+}
+
 __device__ __forceinline__ float WarpMaxOverRows(float v) {
   // Lanes with the same q hold the same token columns: reduce over g.
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));

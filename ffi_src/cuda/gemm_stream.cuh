@@ -95,11 +95,7 @@ __global__ void __launch_bounds__(32 * gemm_detail::kStreamMaxWarps)
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          uint32_t sc[2];
-          QuadScales<WF>(st.w[mt][r], sc);
-          DecodeWord(st.w[mt][r], j, sc, af[mt][r]);
-        }
+        for (int r = 0; r < 2; ++r) DecodeWordRawScales<WF>(st.w[mt][r], j, af[mt][r]);
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt) {
         const uint4 bv = DecodeActGroup(st.x[nt][j], a.act_format);

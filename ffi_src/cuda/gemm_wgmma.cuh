@@ -40,13 +40,12 @@ constexpr int WgmmaN() {
 }
 
 // Pairs 2h and 2h+1 of word j's decode (the half of DecodeWord one k16 step
-// uses). The block scale is rebuilt from the raw bytes here rather than kept
+// uses). The block scale is rebuilt from the raw bytes rather than kept
 // decoded for the whole K block: 16 registers GEMM1 does not have.
 template <Format WF>
 __device__ __forceinline__ void DecodeWordHalf(const WeightQuad& w, int j, int h, uint32_t (&out)[2]) {
-  uint32_t scale[2], all[4];
-  QuadScales<WF>(w, scale);
-  DecodeWord(w, j, scale, all);
+  uint32_t all[4];
+  DecodeWordRawScales<WF>(w, j, all);
   out[0] = all[2 * h];
   out[1] = all[2 * h + 1];
 }
