@@ -58,7 +58,7 @@ nb::dict Enums() {
   out["Format"] = format;
   nb::dict family;
   for (KernelFamily f : {KernelFamily::kCpuBlocked, KernelFamily::kCudaMmaSwapAB, KernelFamily::kCudaStreamSplitK,
-                         KernelFamily::kCudaWgmmaSwapAB})
+                         KernelFamily::kCudaWgmmaSwapAB, KernelFamily::kCudaWgmmaWarpSpecialized})
     family[FamilyName(f)] = static_cast<int64_t>(f);
   out["KernelFamily"] = family;
   return out;

@@ -100,6 +100,7 @@ def test_every_cuda_tactic(shape, tactic):
 
 
 _FAMILIES = {"staged": "cuda_mma_swap_ab", "stream": "cuda_stream_split_k"}
+_WGMMA_FAMILIES = ["cuda_wgmma_swap_ab", "cuda_wgmma_warp_specialized"]
 
 
 def _family_tactics(family: str, tactic_list=None):
@@ -126,26 +127,29 @@ def test_both_kernel_families_every_format(family, wfmt, afmt):
                                                              (Format.BF16, Format.MXFP8, Format.NVFP4))),
                          ids=lambda v: v.name.lower())
 @pytest.mark.parametrize("tile", [64, 128])
-def test_wgmma_family_every_format(tile, wfmt, afmt):
-    """The wgmma family (experimental until this passes): every weight x
-    activation format, biases and the gpt-oss activation, K tails in both
-    GEMMs (H = 1056 = 8 * 128 + 32, I = 352 = 2 * 128 + 96), feature blocks
-    of 128 with idle warps (352 and 1056 are not multiples of 128), partial
-    and several tiles per expert."""
+@pytest.mark.parametrize("family", _WGMMA_FAMILIES)
+def test_wgmma_family_every_format(family, tile, wfmt, afmt):
+    """Both wgmma families (each experimental until this passes): every
+    weight x activation format, biases and the gpt-oss activation, K tails in
+    both GEMMs (H = 1056 = 16 * 64 + 32, I = 352 = 5 * 64 + 32), feature
+    blocks of 128 with idle warps (352 and 1056 are not multiples of 128),
+    partial and several tiles per expert."""
     case = make_case(T=300, H=1056, I=352, E=8, top_k=2, weight_format=wfmt, act_format=afmt,
                      activation=Activation.SWIGLU_OAI, biases=True)
-    tactic = next(t for t in _family_tactics("cuda_wgmma_swap_ab") if t.tile_tokens == tile)
+    tactic = next(t for t in _family_tactics(family) if t.tile_tokens == tile)
     _check(case, tactic=tactic.id)
 
 
 @pytest.mark.parametrize("T,routing", [(1, RoutingMethod.RENORMALIZE), (700, RoutingMethod.DEEPSEEK_V3)])
-def test_wgmma_family_model_shapes(T, routing):
-    """A DeepSeek-like shape (H = 7168 spans 28 chunks of 256) on both wgmma tiles,
-    T = 1 (one live token in a 64/128-row tile) and a prefill-sized T."""
+@pytest.mark.parametrize("family", _WGMMA_FAMILIES)
+def test_wgmma_family_model_shapes(family, T, routing):
+    """A DeepSeek-like shape (H = 7168: 112 K stages of 64, 28 chunks of 256) on
+    both tiles of each wgmma family, T = 1 (one live token in a 64/128-row
+    tile) and a prefill-sized T."""
     case = make_case(T=T, H=7168, I=256, E=32, top_k=4, routing=routing)
     if routing == RoutingMethod.DEEPSEEK_V3:
         case.kwargs.update(n_group=4, topk_group=2)
-    for t in _family_tactics("cuda_wgmma_swap_ab"):
+    for t in _family_tactics(family):
         _check(case, tactic=t.id)
 
 

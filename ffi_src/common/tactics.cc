@@ -22,15 +22,20 @@ const std::vector<Tactic>& TacticTable() {
   {#name, Platform::kCuda, KernelFamily::kCudaWgmmaSwapAB, tt, 128, 64, kc},
       JAX_MOE_CUDA_WGMMA_TACTICS(JAX_MOE_CUDA_WGMMA_ROW)
 #undef JAX_MOE_CUDA_WGMMA_ROW
+#define JAX_MOE_CUDA_WGMMA_WS_ROW(name, tt, stages) \
+  {#name, Platform::kCuda, KernelFamily::kCudaWgmmaWarpSpecialized, tt, 128, 64, 64 * stages},
+      JAX_MOE_CUDA_WGMMA_WS_TACTICS(JAX_MOE_CUDA_WGMMA_WS_ROW)
+#undef JAX_MOE_CUDA_WGMMA_WS_ROW
   };
   return table;
 }
 
 bool IsExperimental(KernelFamily family) {
-  // The wgmma family (added 2026-12-01 without a device: none was lent that
-  // session) compiles to HGMMA with 0 spills; it leaves this list once
-  // `pytest -m gpu` passes with it (tests/test_ops_gpu.py::test_wgmma_family*).
-  return family == KernelFamily::kCudaWgmmaSwapAB;
+  // A family joins the default and the tuner only once `pytest -m gpu`
+  // passes with it on a device (the register-A wgmma family did on
+  // 2026-12-01, H200). The warp-specialised family (added the same day)
+  // leaves this list once tests/test_ops_gpu.py::test_wgmma_family* pass.
+  return family == KernelFamily::kCudaWgmmaWarpSpecialized;
 }
 
 const char* FamilyName(KernelFamily family) {
@@ -39,6 +44,7 @@ const char* FamilyName(KernelFamily family) {
     case KernelFamily::kCudaMmaSwapAB: return "cuda_mma_swap_ab";
     case KernelFamily::kCudaStreamSplitK: return "cuda_stream_split_k";
     case KernelFamily::kCudaWgmmaSwapAB: return "cuda_wgmma_swap_ab";
+    case KernelFamily::kCudaWgmmaWarpSpecialized: return "cuda_wgmma_warp_specialized";
   }
   return "unknown";
 }
@@ -147,7 +153,12 @@ std::vector<int64_t> TuningCandidates(const MoeProblem& p, Platform platform, bo
     if (i == def || !TacticInvalidReason(p, platform, i).empty()) continue;
     if (IsExperimental(table[i].family)) continue;
     if (prune) {
-      if (TileGap(table[i], target) > 1.0) continue;
+      // The wgmma families exist for tiles beyond the staged family's cap of
+      // 32: they are measured against the uncapped average load.
+      const bool wgmma = table[i].family == KernelFamily::kCudaWgmmaSwapAB ||
+                         table[i].family == KernelFamily::kCudaWgmmaWarpSpecialized;
+      const double load = LoadTarget(p);
+      if (TileGap(table[i], wgmma ? (load > smallest ? load : smallest) : target) > 1.0) continue;
       if (table[i].family == KernelFamily::kCudaStreamSplitK && above_one_token) continue;
     }
     out.push_back(i);

@@ -25,6 +25,9 @@ enum class KernelFamily : int64_t {
   kCudaWgmmaSwapAB = 3,  // CUDA (sm_90a): wgmma m64nNk16, decoded FP4 weights as the
                          // register A operand, the token tile (N = 64/128) staged in
                          // shared memory (prefill)
+  kCudaWgmmaWarpSpecialized = 4,  // CUDA (sm_90a): wgmma m64nNk16 with both operands in
+                                  // shared memory; a producer warpgroup decodes the FP4
+                                  // weights once per block for the consumer warpgroups
 };
 
 // The CUDA rows, once: the table (tactics.cc) and the kernel instantiations
@@ -62,6 +65,15 @@ enum class KernelFamily : int64_t {
 #define JAX_MOE_CUDA_WGMMA_TACTICS(X) \
   X(cuda_wgmma_t64,   64, 256)        \
   X(cuda_wgmma_t128, 128, 128)
+
+// The warp-specialised wgmma rows (cuda/gemm_wgmma_ws.cuh), after the wgmma rows:
+//   X(name, tile_tokens, stages)
+// One block covers 128 features: a producer warpgroup decodes 64-element K
+// stages into a ring of `stages` shared-memory buffers, tile_tokens / 64
+// consumer warpgroups (GEMM2 with 128 tokens: one of N = 128) run wgmma.
+#define JAX_MOE_CUDA_WGMMA_WS_TACTICS(X) \
+  X(cuda_wgmma_ws_t64,   64, 4)           \
+  X(cuda_wgmma_ws_t128, 128, 4)
 // clang-format on
 
 struct Tactic {

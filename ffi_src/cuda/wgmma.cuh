@@ -122,7 +122,66 @@ __device__ __forceinline__ void MmaRs128(float (&d)[16][4], uint32_t a0, uint32_
 #endif
 }
 
+// D[64 x N] += A[64 x 16] * B[16 x N] with both operands in shared memory
+// (descriptors; both K-major, the core-matrix layout above): the
+// warp-specialised family's MMA, where a producer warpgroup decodes the FP4
+// weights once into shared memory for every consumer warpgroup.
+__device__ __forceinline__ void MmaSs64(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b) {
+#if JAX_MOE_HAS_WGMMA
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+      "%32, %33, p, 1, 1, 0, 0;\n}\n"
+      : JAX_MOE_WG_D8(0), JAX_MOE_WG_D8(2), JAX_MOE_WG_D8(4), JAX_MOE_WG_D8(6)
+      : "l"(desc_a), "l"(desc_b));
+#else
+  (void)d, (void)desc_a, (void)desc_b;
+  __trap();
+#endif
+}
+
+__device__ __forceinline__ void MmaSs128(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b) {
+#if JAX_MOE_HAS_WGMMA
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+      "%64, %65, p, 1, 1, 0, 0;\n}\n"
+      : JAX_MOE_WG_D8(0), JAX_MOE_WG_D8(2), JAX_MOE_WG_D8(4), JAX_MOE_WG_D8(6),
+        JAX_MOE_WG_D8(8), JAX_MOE_WG_D8(10), JAX_MOE_WG_D8(12), JAX_MOE_WG_D8(14)
+      : "l"(desc_a), "l"(desc_b));
+#else
+  (void)d, (void)desc_a, (void)desc_b;
+  __trap();
+#endif
+}
+
 #undef JAX_MOE_WG_D8
+
+template <int N>
+__device__ __forceinline__ void MmaSs(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b) {
+  static_assert(N == 64 || N == 128, "wgmma N must be 64 or 128 here");
+  if constexpr (N == 64) {
+    MmaSs64(d, desc_a, desc_b);
+  } else {
+    MmaSs128(d, desc_a, desc_b);
+  }
+}
+
+// Named barriers (bar.sync / bar.arrive with a thread count) for the
+// producer/consumer hand-off of shared-memory stages: the side that waits
+// syncs, the side that signals only arrives. id 0 is __syncthreads'.
+__device__ __forceinline__ void BarrierSync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void BarrierArrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 
 template <int N>
 __device__ __forceinline__ void MmaRs(float (&d)[N / 8][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,

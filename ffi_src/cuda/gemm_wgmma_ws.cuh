@@ -1,0 +1,249 @@
+// The warp-specialised wgmma grouped GEMM (KernelFamily::kCudaWgmmaWarpSpecialized):
+// the prefill family, for both GEMM1 (+ activation) and GEMM2, with the
+// staged family's epilogue.
+//
+// Why not the register-A wgmma family (gemm_wgmma.cuh): there every
+// consumer warp decodes its own FP4 weights between MMAs, waits for each
+// k16 step's MMAs (registers), and stalls on its own global loads; measured
+// on the H200 it reached 14% of the bf16 matmul rate at T = 4096. Here the
+// roles are split:
+//   - warpgroup 0 (producer) loads one K stage (64 elements) of the block's
+//     weight rows (16-byte FP4 loads) and token rows one stage ahead in
+//     registers, decodes FP4 -> bf16 once (DecodeWord) and the activations
+//     (DecodeActGroup), and stores both operands into a ring of kStages
+//     shared-memory stages in the wgmma core-matrix layout (wgmma.cuh);
+//   - warpgroups 1.. (consumers, one per kN tokens) issue wgmma with both
+//     operands in shared memory (MmaSs), keep one stage's MMAs in flight
+//     (wait_group 1) and release a stage as soon as its MMAs are done.
+// The hand-off is two named barriers per stage: FULL (producer arrives,
+// consumers sync) and EMPTY (consumers arrive, producer syncs), each over
+// every thread of the block. Both operands carry the same K order inside an
+// 8-element group (pairs (i, i+4): what DecodeE2m1x8 and DecodeActGroup
+// produce), which the MMA's sum does not see.
+// Work split: blockIdx.x = token tile, blockIdx.y = 128 output features.
+// A consumer's accumulators are the staged family's acc[m-tile][n8][4] for
+// its warp's 32 features (GEMM1: m-tiles 0, 1 gate, 2, 3 up; GEMM2: 2
+// m-tiles), so GemmEpilogue applies unchanged; shared-memory A row R of
+// m-tile mt is feature 32 * (R / 16) + 16 * sub(mt) + R % 16 of the block.
+#pragma once
+
+#include <atomic>
+#include <string_view>
+
+#include "cuda/gemm_common.cuh"
+#include "cuda/wgmma.cuh"
+
+namespace jax_moe::cuda {
+
+namespace gemm_ws_detail {
+
+using namespace gemm_detail;
+
+constexpr int kKStage = 64;          // K elements per shared-memory stage (4 k16 steps)
+constexpr int kProducerThreads = 128;
+
+template <int TT, GemmStage ST>
+struct WsShape {
+  static constexpr int kN = ST == GemmStage::kGemm1 ? 64 : (TT >= 128 ? 128 : 64);  // tokens per consumer
+  static constexpr int kConsumers = TT / kN;
+  static constexpr int kThreads = kProducerThreads * (1 + kConsumers);
+  static constexpr int kMT = ST == GemmStage::kGemm1 ? 4 : 2;
+  static constexpr int kATileBytes = 64 * kKStage * 2;         // one m-tile (64 rows) of bf16
+  static constexpr int kABytes = kMT * kATileBytes;
+  static constexpr int kBBytes = TT * kKStage * 2;
+  static constexpr int kStageBytes = kABytes + kBBytes;
+  static constexpr uint32_t kALead = wgmma::BLeadingBytes(64);  // K-adjacent core matrices of A
+  static constexpr uint32_t kBLead = wgmma::BLeadingBytes(TT);
+  // FP4 quads (32 elements) and activation groups (8) per producer thread per stage.
+  static constexpr int kQuads = kMT * 64 * (kKStage / 32) / kProducerThreads;
+  static constexpr int kGroups = TT * (kKStage / 8) / kProducerThreads;
+  static_assert(kQuads == kMT && TT % kN == 0 && kGroups * kProducerThreads == TT * (kKStage / 8),
+                "bad warp-specialised wgmma shape");
+};
+
+template <int TT, int kStages, GemmStage ST>
+constexpr int WsSmemBytes() {
+  return kStages * WsShape<TT, ST>::kStageBytes + TT * 4;
+}
+
+// Byte offset of core-matrix row `row` (0..rows-1), K group `kc` (8
+// elements) in an operand tile of `rows` rows: the layout MmaSs reads with
+// leading byte offset BLeadingBytes(rows) and stride 128.
+__device__ __forceinline__ uint32_t CoreRowOffset(int rows, int row, int kc) {
+  return static_cast<uint32_t>(kc) * wgmma::BLeadingBytes(rows) + static_cast<uint32_t>(row >> 3) * 128u +
+         static_cast<uint32_t>(row & 7) * 16u;
+}
+
+__device__ __forceinline__ void StoreShared16(uint32_t addr, const uint4& v) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
+
+// The producer warpgroup: every stage's operands, decoded, into the ring.
+template <int TT, int kStages, Format WF, GemmStage ST>
+__device__ __forceinline__ void WsProduce(const GemmArgs& a, int tile, int expert, const int32_t* s_expanded,
+                                          uint32_t smem_base, int n_stages) {
+  using S = WsShape<TT, ST>;
+  const int t = threadIdx.x;  // 0..127
+  // Weight quads: m-tile mt, A row R = t / 2, K half t % 2 of the stage.
+  const int arow = t >> 1, ahalf = t & 1;
+  const int k_bytes = a.k_dim / 2, scale_cols = a.k_dim / BlockSize(WF);
+  const bool aligned16 = (k_bytes % 16) == 0, scale_pairs = (scale_cols % 2) == 0;
+  const uint8_t* w = a.w + static_cast<int64_t>(expert) * a.w_rows_per_expert * k_bytes;
+  const uint8_t* ws = a.w_scale + static_cast<int64_t>(expert) * a.w_rows_per_expert * scale_cols;
+  int wrow[S::kMT];
+  bool wvalid[S::kMT];
+#pragma unroll
+  for (int mt = 0; mt < S::kMT; ++mt) {
+    const int sub = ST == GemmStage::kGemm1 ? (mt & 1) : mt;
+    const int feature = blockIdx.y * 128 + 32 * (arow >> 4) + 16 * sub + (arow & 15);
+    wvalid[mt] = feature < a.n_dim;
+    wrow[mt] = wvalid[mt] ? ((ST == GemmStage::kGemm1 && mt >= 2) ? a.n_dim + feature : feature) : 0;
+  }
+  // Activation groups: one token per thread (n = t % TT), K groups kcg0 + step * i.
+  const int n_tok = t % TT, kcg0 = t / TT;
+  constexpr int kKcgStep = kProducerThreads / TT;
+  const int ex = s_expanded[n_tok];
+  const int64_t src = a.gather_tokens ? ex / a.top_k : static_cast<int64_t>(tile) * TT + n_tok;
+
+  auto load = [&](int it, WeightQuad (&wq)[S::kMT], RawActGroup (&ra)[S::kGroups]) {
+    const int k0 = it * kKStage;
+#pragma unroll
+    for (int mt = 0; mt < S::kMT; ++mt)
+      wq[mt] = wvalid[mt] ? LoadWeightQuad<WF>(w + wrow[mt] * k_bytes, ws + wrow[mt] * scale_cols,
+                                               k0 + 32 * ahalf, a.k_dim, aligned16, scale_pairs)
+                          : WeightQuad{make_uint4(0, 0, 0, 0), 0u};
+#pragma unroll
+    for (int i = 0; i < S::kGroups; ++i) {
+      const int k = k0 + 8 * (kcg0 + kKcgStep * i);
+      ra[i] = (ex >= 0 && k < a.k_dim) ? LoadRawActGroup(a, src, k) : RawActGroup{make_uint4(0, 0, 0, 0), 0u};
+    }
+  };
+
+  WeightQuad wq[S::kMT];
+  RawActGroup ra[S::kGroups];
+  load(0, wq, ra);
+  for (int it = 0; it < n_stages; ++it) {
+    const int s = it % kStages;
+    WeightQuad wq_cur[S::kMT];
+    RawActGroup ra_cur[S::kGroups];
+#pragma unroll
+    for (int mt = 0; mt < S::kMT; ++mt) wq_cur[mt] = wq[mt];
+#pragma unroll
+    for (int i = 0; i < S::kGroups; ++i) ra_cur[i] = ra[i];
+    if (it + 1 < n_stages) load(it + 1, wq, ra);  // in flight while this stage is decoded
+    if (it >= kStages) wgmma::BarrierSync(1 + kStages + s, S::kThreads);  // EMPTY[s]
+    const uint32_t a_st = smem_base + s * S::kStageBytes, b_st = a_st + S::kABytes;
+#pragma unroll
+    for (int mt = 0; mt < S::kMT; ++mt) {
+      uint32_t scale[2];
+      QuadScales<WF>(wq_cur[mt], scale);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        uint32_t d[4];
+        DecodeWord(wq_cur[mt], j, scale, d);
+        StoreShared16(a_st + mt * S::kATileBytes + CoreRowOffset(64, arow, 4 * ahalf + j),
+                      make_uint4(d[0], d[1], d[2], d[3]));
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < S::kGroups; ++i)
+      StoreShared16(b_st + CoreRowOffset(TT, n_tok, kcg0 + kKcgStep * i), DecodeActGroup(ra_cur[i], a.act_format));
+    wgmma::FenceSharedForAsync();
+    wgmma::BarrierArrive(1 + s, S::kThreads);  // FULL[s]
+  }
+}
+
+}  // namespace gemm_ws_detail
+
+template <int TT, int kStages, Format WF, GemmStage ST>
+__global__ void __launch_bounds__(gemm_ws_detail::WsShape<TT, ST>::kThreads, 1)
+    WgmmaWsGemmKernel(const GemmArgs a) {
+  using namespace gemm_detail;
+  using namespace gemm_ws_detail;
+  using S = WsShape<TT, ST>;
+  static_assert(1 + 2 * kStages <= 16, "named barriers: 16 per block");
+  extern __shared__ __align__(128) uint8_t ws_smem[];
+  int32_t* s_expanded = reinterpret_cast<int32_t*>(ws_smem + kStages * S::kStageBytes);
+
+  const int tile = blockIdx.x;
+  if (tile >= *a.num_tiles) return;  // beyond the live tiles (device-side count); whole block
+  const int expert = a.tile_expert[tile];
+  for (int i = threadIdx.x; i < TT; i += S::kThreads) s_expanded[i] = a.permuted_to_expanded[tile * TT + i];
+  __syncthreads();
+
+  const uint32_t smem_base = wgmma::SmemAddress(ws_smem);
+  const int n_stages = (a.k_dim + kKStage - 1) / kKStage;
+  const int wg = threadIdx.x / 128;
+  if (wg == 0) {
+    WsProduce<TT, kStages, WF, ST>(a, tile, expert, s_expanded, smem_base, n_stages);
+    return;
+  }
+
+  const int c = wg - 1;  // consumer: token columns c * kN ..
+  const int warp = (threadIdx.x / 32) % 4;
+  const int feat0 = blockIdx.y * 128 + 32 * warp;
+  bool mt_valid[S::kMT];
+#pragma unroll
+  for (int mt = 0; mt < S::kMT; ++mt)
+    mt_valid[mt] = feat0 + 16 * (ST == GemmStage::kGemm1 ? (mt & 1) : mt) < a.n_dim;
+
+  float acc[S::kMT][S::kN / 8][4];
+  ZeroAccumulators(acc);
+  for (int it = 0; it < n_stages; ++it) {
+    const int s = it % kStages;
+    wgmma::BarrierSync(1 + s, S::kThreads);  // FULL[s]
+    const uint32_t a_st = smem_base + s * S::kStageBytes;
+    const uint32_t b_st = a_st + S::kABytes + c * (S::kN / 8) * 128u;
+    wgmma::Fence();
+#pragma unroll
+    for (int kk = 0; kk < kKStage / 16; ++kk) {
+      const uint64_t db = wgmma::Descriptor(b_st + 2u * kk * S::kBLead, S::kBLead, wgmma::kBStrideBytes);
+#pragma unroll
+      for (int mt = 0; mt < S::kMT; ++mt)
+        wgmma::MmaSs<S::kN>(acc[mt],
+                            wgmma::Descriptor(a_st + mt * S::kATileBytes + 2u * kk * S::kALead, S::kALead,
+                                              wgmma::kBStrideBytes),
+                            db);
+    }
+    wgmma::Commit();
+    // One stage of MMAs stays in flight; the one before it is done, so its
+    // stage goes back to the producer (if the producer will refill it).
+    wgmma::Wait<1>();
+    if (it >= 1 && it - 1 + kStages < n_stages) wgmma::BarrierArrive(1 + kStages + (it - 1) % kStages, S::kThreads);
+  }
+  wgmma::Wait<0>();
+  if (feat0 >= a.n_dim) return;
+  GemmEpilogue<S::kMT, S::kN / 8, WF, ST>(a, acc, mt_valid, s_expanded, c * S::kN,
+                                          static_cast<int64_t>(tile) * TT, feat0, expert);
+}
+
+// Grid: x = token tiles (worst case from static shapes), y = groups of 128 features.
+template <int TT, int kStages, Format WF, GemmStage ST>
+cudaError_t LaunchWgmmaWsGemm(const GemmArgs& a, int64_t max_tiles, cudaStream_t stream) {
+#ifdef JAX_MOE_CUDA_ARCH
+  // wgmma exists on sm_90a only; other builds compile the kernel as a trap.
+  if (std::string_view(JAX_MOE_CUDA_ARCH) != "sm_90a") return cudaErrorNotSupported;
+#endif
+  constexpr int kSmem = gemm_ws_detail::WsSmemBytes<TT, kStages, ST>();
+  // Opting in to more than 48 KB of dynamic shared memory is an attribute of
+  // the kernel per device, set once per device (not a stream operation, so
+  // graph capture is unaffected).
+  static std::atomic<uint64_t> opted_in{0};
+  int device = 0;
+  if (const cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
+  const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
+  if (bit == 0 || !(opted_in.load(std::memory_order_acquire) & bit)) {
+    if (const cudaError_t e = cudaFuncSetAttribute(WgmmaWsGemmKernel<TT, kStages, WF, ST>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+        e != cudaSuccess)
+      return e;
+    opted_in.fetch_or(bit, std::memory_order_release);
+  }
+  const dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>((a.n_dim + 127) / 128));
+  WgmmaWsGemmKernel<TT, kStages, WF, ST>
+      <<<grid, gemm_ws_detail::WsShape<TT, ST>::kThreads, kSmem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace jax_moe::cuda
