@@ -11,7 +11,8 @@
 //     weight rows (16-byte FP4 loads) and token rows one stage ahead in
 //     registers, decodes FP4 -> bf16 once (DecodeWord) and the activations
 //     (DecodeActGroup), and stores both operands into a ring of kStages
-//     shared-memory stages in the wgmma core-matrix layout (wgmma.cuh);
+//     shared-memory stages in the 128-byte swizzled layout (wgmma.cuh: one
+//     64-element stage of K is exactly one 128-byte row);
 //   - warpgroups 1.. (consumers, one per kN tokens) issue wgmma with both
 //     operands in shared memory (MmaSs), keep one stage's MMAs in flight
 //     (wait_group 1) and release a stage as soon as its MMAs are done.
@@ -25,6 +26,9 @@
 // its warp's 32 features (GEMM1: m-tiles 0, 1 gate, 2, 3 up; GEMM2: 2
 // m-tiles), so GemmEpilogue applies unchanged; shared-memory A row R of
 // m-tile mt is feature 32 * (R / 16) + 16 * sub(mt) + R % 16 of the block.
+// (A first version used the unswizzled core-matrix layout: correct, but the
+// MMAs' shared-memory reads conflicted and GEMM1 ran at 13% of the bf16
+// matmul rate on the H200, no faster than the register-A family.)
 #pragma once
 
 #include <atomic>
@@ -52,8 +56,6 @@ struct WsShape {
   static constexpr int kABytes = kMT * kATileBytes;
   static constexpr int kBBytes = TT * kKStage * 2;
   static constexpr int kStageBytes = kABytes + kBBytes;
-  static constexpr uint32_t kALead = wgmma::BLeadingBytes(64);  // K-adjacent core matrices of A
-  static constexpr uint32_t kBLead = wgmma::BLeadingBytes(TT);
   // FP4 quads (32 elements) and activation groups (8) per producer thread per stage.
   static constexpr int kQuads = kMT * 64 * (kKStage / 32) / kProducerThreads;
   static constexpr int kGroups = TT * (kKStage / 8) / kProducerThreads;
@@ -61,18 +63,13 @@ struct WsShape {
                 "bad warp-specialised wgmma shape");
 };
 
+// The ring (1024-byte aligned for the swizzle atoms: up to 1023 bytes of
+// slack ahead of it), then the tile's expanded indices.
 template <int TT, int kStages, GemmStage ST>
 constexpr int WsSmemBytes() {
-  return kStages * WsShape<TT, ST>::kStageBytes + TT * 4;
+  return 1024 + kStages * WsShape<TT, ST>::kStageBytes + TT * 4;
 }
-
-// Byte offset of core-matrix row `row` (0..rows-1), K group `kc` (8
-// elements) in an operand tile of `rows` rows: the layout MmaSs reads with
-// leading byte offset BLeadingBytes(rows) and stride 128.
-__device__ __forceinline__ uint32_t CoreRowOffset(int rows, int row, int kc) {
-  return static_cast<uint32_t>(kc) * wgmma::BLeadingBytes(rows) + static_cast<uint32_t>(row >> 3) * 128u +
-         static_cast<uint32_t>(row & 7) * 16u;
-}
+static_assert(kKStage * 2 == 128, "one K stage is one 128-byte swizzled row");
 
 __device__ __forceinline__ void StoreShared16(uint32_t addr, const uint4& v) {
   asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
@@ -142,13 +139,13 @@ __device__ __forceinline__ void WsProduce(const GemmArgs& a, int tile, int exper
       for (int j = 0; j < 4; ++j) {
         uint32_t d[4];
         DecodeWord(wq_cur[mt], j, scale, d);
-        StoreShared16(a_st + mt * S::kATileBytes + CoreRowOffset(64, arow, 4 * ahalf + j),
+        StoreShared16(a_st + mt * S::kATileBytes + wgmma::Sw128Offset(arow, 4 * ahalf + j),
                       make_uint4(d[0], d[1], d[2], d[3]));
       }
     }
 #pragma unroll
     for (int i = 0; i < S::kGroups; ++i)
-      StoreShared16(b_st + CoreRowOffset(TT, n_tok, kcg0 + kKcgStep * i), DecodeActGroup(ra_cur[i], a.act_format));
+      StoreShared16(b_st + wgmma::Sw128Offset(n_tok, kcg0 + kKcgStep * i), DecodeActGroup(ra_cur[i], a.act_format));
     wgmma::FenceSharedForAsync();
     wgmma::BarrierArrive(1 + s, S::kThreads);  // FULL[s]
   }
@@ -163,8 +160,11 @@ __global__ void __launch_bounds__(gemm_ws_detail::WsShape<TT, ST>::kThreads, 1)
   using namespace gemm_ws_detail;
   using S = WsShape<TT, ST>;
   static_assert(1 + 2 * kStages <= 16, "named barriers: 16 per block");
-  extern __shared__ __align__(128) uint8_t ws_smem[];
-  int32_t* s_expanded = reinterpret_cast<int32_t*>(ws_smem + kStages * S::kStageBytes);
+  extern __shared__ __align__(1024) uint8_t ws_smem[];
+  const uint32_t raw_base = wgmma::SmemAddress(ws_smem);
+  const uint32_t pad = ((raw_base + 1023u) & ~1023u) - raw_base;
+  const uint32_t smem_base = raw_base + pad;  // the ring
+  int32_t* s_expanded = reinterpret_cast<int32_t*>(ws_smem + pad + kStages * S::kStageBytes);
 
   const int tile = blockIdx.x;
   if (tile >= *a.num_tiles) return;  // beyond the live tiles (device-side count); whole block
@@ -172,7 +172,6 @@ __global__ void __launch_bounds__(gemm_ws_detail::WsShape<TT, ST>::kThreads, 1)
   for (int i = threadIdx.x; i < TT; i += S::kThreads) s_expanded[i] = a.permuted_to_expanded[tile * TT + i];
   __syncthreads();
 
-  const uint32_t smem_base = wgmma::SmemAddress(ws_smem);
   const int n_stages = (a.k_dim + kKStage - 1) / kKStage;
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
@@ -194,17 +193,14 @@ __global__ void __launch_bounds__(gemm_ws_detail::WsShape<TT, ST>::kThreads, 1)
     const int s = it % kStages;
     wgmma::BarrierSync(1 + s, S::kThreads);  // FULL[s]
     const uint32_t a_st = smem_base + s * S::kStageBytes;
-    const uint32_t b_st = a_st + S::kABytes + c * (S::kN / 8) * 128u;
+    const uint32_t b_st = a_st + S::kABytes + c * S::kN * 128u;  // this consumer's token rows
     wgmma::Fence();
 #pragma unroll
-    for (int kk = 0; kk < kKStage / 16; ++kk) {
-      const uint64_t db = wgmma::Descriptor(b_st + 2u * kk * S::kBLead, S::kBLead, wgmma::kBStrideBytes);
+    for (int kk = 0; kk < kKStage / 16; ++kk) {  // k16 step: 32 bytes into each 128-byte row
+      const uint64_t db = wgmma::DescriptorSw128(b_st + 32u * kk);
 #pragma unroll
       for (int mt = 0; mt < S::kMT; ++mt)
-        wgmma::MmaSs<S::kN>(acc[mt],
-                            wgmma::Descriptor(a_st + mt * S::kATileBytes + 2u * kk * S::kALead, S::kALead,
-                                              wgmma::kBStrideBytes),
-                            db);
+        wgmma::MmaSs<S::kN>(acc[mt], wgmma::DescriptorSw128(a_st + mt * S::kATileBytes + 32u * kk), db);
     }
     wgmma::Commit();
     // One stage of MMAs stays in flight; the one before it is done, so its

@@ -45,6 +45,22 @@ __device__ __forceinline__ uint64_t Descriptor(uint32_t smem_addr, uint32_t lead
          (static_cast<uint64_t>((stride >> 4) & 0x3fffu) << 32);
 }
 
+// The 128-byte-swizzled K-major layout (what CUTLASS calls SW128): each
+// operand row holds 64 bf16 of K (128 bytes) and 8 rows form a 1024-byte
+// atom in which row r's 16-byte chunk c sits at chunk c ^ r. Unlike the
+// core-matrix layout above, the rows the tensor core fetches together land
+// on different banks. Atoms must start 1024-byte aligned; a k16 step
+// inside the atom moves the start address by 32 bytes (the hardware applies
+// the XOR to the address bits), the stride between 8-row atoms is 1024 and
+// the leading byte offset is unused (1 by convention).
+__device__ __forceinline__ uint32_t Sw128Offset(int row, int chunk) {
+  return static_cast<uint32_t>(row) * 128u + (static_cast<uint32_t>(chunk ^ (row & 7)) << 4);
+}
+__device__ __forceinline__ uint64_t DescriptorSw128(uint32_t smem_addr) {
+  return static_cast<uint64_t>((smem_addr & 0x3ffffu) >> 4) | (uint64_t{1} << 16) |
+         (static_cast<uint64_t>(1024u >> 4) << 32) | (uint64_t{1} << 62);
+}
+
 __device__ __forceinline__ uint32_t SmemAddress(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }

@@ -4,7 +4,8 @@
 // register A-fragment order and the accumulator order, for N = 64 and 128
 // over 4 k16 steps (the descriptor start advancing by 2 * leading bytes per
 // step, as the GEMM kernel does), and the same with A in shared memory in
-// that layout (the warp-specialised family's MmaSs). Random bf16 operands, fp32 reference on
+// that layout and in the 128-byte swizzled one (the warp-specialised
+// family's MmaSs). Random bf16 operands, fp32 reference on
 // the host. If the wgmma GEMM family fails its tests, this tells in a few
 // seconds whether the layout contract or the FP4 kernel around it is wrong.
 //   nvcc -std=c++17 -arch=sm_90a -Iffi_src tests/cuda/wgmma_probe.cu -o wgmma_probe && ./wgmma_probe
@@ -47,10 +48,22 @@ float FromBf16(uint16_t b) {
 }
 
 // a: [kM][kK] bf16, b: [N][kK] bf16 (token rows, K contiguous), d: [kM][N] fp32.
-template <int N, bool kSs>
+// kRegA: A fragments in registers, B core-matrix layout; kSs: A and B in
+// shared memory, core-matrix layout; kSsSw128: both in the 128-byte swizzled
+// layout (one 64-element K atom: kK == 64).
+enum Mode { kRegA, kSs, kSsSw128 };
+constexpr const char* kModeName[] = {"A in registers", "A+B in shared memory", "A+B swizzled 128B"};
+static_assert(kK == 64, "the swizzled case covers exactly one 128-byte atom of K");
+
+template <int N, Mode kMode>
 __global__ void Probe(const uint16_t* a, const uint16_t* b, float* d) {
-  __shared__ __align__(128) uint32_t s_b[N * kK / 2];
-  __shared__ __align__(128) uint32_t s_a[kM * kK / 2];  // SS mode: A in the same layout (kM rows)
+  constexpr bool kSs = kMode != kRegA, kSw = kMode == kSsSw128;
+  __shared__ __align__(1024) uint32_t s_b[N * kK / 2];
+  __shared__ __align__(1024) uint32_t s_a[kM * kK / 2];  // SS modes: A in the same layout (kM rows)
+  // Byte offset of pair c (K elements 2c, 2c+1) of row n in an operand of `rows` rows.
+  auto offset = [](int rows, int n, int c) -> uint32_t {
+    return kSw ? wgmma::Sw128Offset(n, c / 4) + (c % 4) * 4u : wgmma::BWordOffset(rows, n, c / 4, c % 4);
+  };
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   auto pair = [](const uint16_t* row, int k) {
     return static_cast<uint32_t>(row[k]) | (static_cast<uint32_t>(row[k + 1]) << 16);
@@ -60,12 +73,12 @@ __global__ void Probe(const uint16_t* a, const uint16_t* b, float* d) {
   uint8_t* s_bytes = reinterpret_cast<uint8_t*>(s_b);
   for (int i = threadIdx.x; i < N * kK / 2; i += blockDim.x) {
     const int n = i / (kK / 2), c = i % (kK / 2);
-    *reinterpret_cast<uint32_t*>(s_bytes + wgmma::BWordOffset(N, n, c / 4, c % 4)) = pair(b + n * kK, 2 * c);
+    *reinterpret_cast<uint32_t*>(s_bytes + offset(N, n, c)) = pair(b + n * kK, 2 * c);
   }
   uint8_t* s_abytes = reinterpret_cast<uint8_t*>(s_a);
   for (int i = threadIdx.x; kSs && i < kM * kK / 2; i += blockDim.x) {
     const int m = i / (kK / 2), c = i % (kK / 2);
-    *reinterpret_cast<uint32_t*>(s_abytes + wgmma::BWordOffset(kM, m, c / 4, c % 4)) = pair(a + m * kK, 2 * c);
+    *reinterpret_cast<uint32_t*>(s_abytes + offset(kM, m, c)) = pair(a + m * kK, 2 * c);
   }
   wgmma::FenceSharedForAsync();
   __syncthreads();
@@ -83,7 +96,10 @@ __global__ void Probe(const uint16_t* a, const uint16_t* b, float* d) {
     const uint32_t a0 = pair(row_g, k), a1 = pair(row_g8, k), a2 = pair(row_g, k + 8), a3 = pair(row_g8, k + 8);
     wgmma::Fence();
     const uint64_t desc_b = wgmma::Descriptor(base + 2u * s * kLead, kLead, wgmma::kBStrideBytes);
-    if constexpr (kSs) {
+    if constexpr (kSw) {  // k16 step s: 32 bytes into the atom
+      wgmma::MmaSs<N>(acc, wgmma::DescriptorSw128(wgmma::SmemAddress(s_a) + 32u * s),
+                      wgmma::DescriptorSw128(base + 32u * s));
+    } else if constexpr (kSs) {
       constexpr uint32_t kALead = wgmma::BLeadingBytes(kM);
       wgmma::MmaSs<N>(acc, wgmma::Descriptor(wgmma::SmemAddress(s_a) + 2u * s * kALead, kALead, wgmma::kBStrideBytes),
                       desc_b);
@@ -100,7 +116,7 @@ __global__ void Probe(const uint16_t* a, const uint16_t* b, float* d) {
     }
 }
 
-template <int N, bool kSs>
+template <int N, Mode kMode>
 int Run(std::mt19937& rng) {
   std::normal_distribution<float> dist;
   std::vector<uint16_t> a(kM * kK), b(N * kK);
@@ -121,7 +137,7 @@ int Run(std::mt19937& rng) {
   CHECK_CUDA(cudaMemcpy(da, a.data(), a.size() * 2, cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemcpy(db, b.data(), b.size() * 2, cudaMemcpyHostToDevice));
   CHECK_CUDA(cudaMemset(dd, 0xff, out.size() * 4));  // NaN until written
-  Probe<N, kSs><<<1, 128>>>(da, db, dd);
+  Probe<N, kMode><<<1, 128>>>(da, db, dd);
   CHECK_CUDA(cudaGetLastError());
   CHECK_CUDA(cudaDeviceSynchronize());
   CHECK_CUDA(cudaMemcpy(out.data(), dd, out.size() * 4, cudaMemcpyDeviceToHost));
@@ -133,7 +149,7 @@ int Run(std::mt19937& rng) {
     if (!(err <= worst)) worst = err;  // NaN propagates into `worst`
   }
   std::printf("wgmma probe m64n%dk16 %s x %d steps: %s (max abs error %.3g, %d of %zu wrong)\n", N,
-              kSs ? "A+B in shared memory" : "A in registers", kSteps, bad ? "FAIL" : "PASS", worst, bad, out.size());
+              kModeName[kMode], kSteps, bad ? "FAIL" : "PASS", worst, bad, out.size());
   if (bad) {  // the first rows, to read the permutation off
     for (int m = 0; m < 2; ++m)
       for (int n = 0; n < 8; ++n)
@@ -149,6 +165,7 @@ int Run(std::mt19937& rng) {
 
 int main() {
   std::mt19937 rng(7);
-  const int rc = Run<64, false>(rng) | Run<128, false>(rng) | Run<64, true>(rng) | Run<128, true>(rng);
+  const int rc = Run<64, kRegA>(rng) | Run<128, kRegA>(rng) | Run<64, kSs>(rng) | Run<128, kSs>(rng) |
+                 Run<64, kSsSw128>(rng) | Run<128, kSsSw128>(rng);
   return rc;
 }
