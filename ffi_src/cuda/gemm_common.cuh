@@ -79,52 +79,69 @@ struct RawActGroup {
   uint32_t s;
 };
 
-__device__ __forceinline__ RawActGroup LoadRawActGroup(const GemmArgs& a, int64_t src_row, int k) {
+// The same with the format known at compile time and the row's data and
+// scale pointers already formed (the warp-specialised producer's hot loop:
+// no per-group switch or row arithmetic).
+template <Format AF>
+__device__ __forceinline__ RawActGroup LoadRawActGroupAt(const uint8_t* row, const uint8_t* srow, int k) {
   RawActGroup r{make_uint4(0, 0, 0, 0), 0};
-  switch (a.act_format) {
-    case Format::kMXFP8: {
-      const uint2 v = __ldg(reinterpret_cast<const uint2*>(a.a_data + src_row * a.a_row_bytes + k));
-      r.v.x = v.x;
-      r.v.y = v.y;
-      r.s = __ldg(a.a_scale + src_row * a.a_scale_row_bytes + k / 32);
-      break;
-    }
-    case Format::kNVFP4:
-      r.v.x = __ldg(reinterpret_cast<const uint32_t*>(a.a_data + src_row * a.a_row_bytes + k / 2));
-      r.s = __ldg(a.a_scale + src_row * a.a_scale_row_bytes + k / 16);
-      break;
-    default:
-      r.v = __ldg(reinterpret_cast<const uint4*>(a.a_data + src_row * a.a_row_bytes + 2 * k));
+  if constexpr (AF == Format::kMXFP8) {
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(row + k));
+    r.v.x = v.x;
+    r.v.y = v.y;
+    r.s = __ldg(srow + k / 32);
+  } else if constexpr (AF == Format::kNVFP4) {
+    r.v.x = __ldg(reinterpret_cast<const uint32_t*>(row + k / 2));
+    r.s = __ldg(srow + k / 16);
+  } else {
+    r.v = __ldg(reinterpret_cast<const uint4*>(row + 2 * k));
   }
   return r;
 }
 
+__device__ __forceinline__ RawActGroup LoadRawActGroup(const GemmArgs& a, int64_t src_row, int k) {
+  const uint8_t* row = a.a_data + src_row * a.a_row_bytes;
+  switch (a.act_format) {
+    case Format::kMXFP8:
+      return LoadRawActGroupAt<Format::kMXFP8>(row, a.a_scale + src_row * a.a_scale_row_bytes, k);
+    case Format::kNVFP4:
+      return LoadRawActGroupAt<Format::kNVFP4>(row, a.a_scale + src_row * a.a_scale_row_bytes, k);
+    default: return LoadRawActGroupAt<Format::kBF16>(row, nullptr, k);  // no scales
+  }
+}
+
 // Raw group -> 4 bf16x2 words (element i, element i+4), exact. An all-zero
 // raw group decodes to zeros in every format (padding rows, K tails).
+template <Format AF>
+__device__ __forceinline__ uint4 DecodeActGroupAs(const RawActGroup& r) {
+  if constexpr (AF == Format::kMXFP8) {
+    const float s = Ue8m0ToF32(r.s);
+    float x[8];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      x[i] = E4m3ToF32((r.v.x >> (8 * i)) & 0xffu) * s;
+      x[i + 4] = E4m3ToF32((r.v.y >> (8 * i)) & 0xffu) * s;
+    }
+    return make_uint4(PackBf16x2(x[0], x[4]), PackBf16x2(x[1], x[5]), PackBf16x2(x[2], x[6]),
+                      PackBf16x2(x[3], x[7]));
+  } else if constexpr (AF == Format::kNVFP4) {
+    const float s = E4m3ToF32(r.s);
+    float x[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) x[i] = E2m1ToF32((r.v.x >> (4 * i)) & 0xfu) * s;
+    return make_uint4(PackBf16x2(x[0], x[4]), PackBf16x2(x[1], x[5]), PackBf16x2(x[2], x[6]),
+                      PackBf16x2(x[3], x[7]));
+  } else {  // bf16: reorder (x0..x7) into (x0,x4) (x1,x5) (x2,x6) (x3,x7)
+    return make_uint4(__byte_perm(r.v.x, r.v.z, 0x5410), __byte_perm(r.v.x, r.v.z, 0x7632),
+                      __byte_perm(r.v.y, r.v.w, 0x5410), __byte_perm(r.v.y, r.v.w, 0x7632));
+  }
+}
+
 __device__ __forceinline__ uint4 DecodeActGroup(const RawActGroup& r, Format fmt) {
   switch (fmt) {
-    case Format::kMXFP8: {
-      const float s = Ue8m0ToF32(r.s);
-      float x[8];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        x[i] = E4m3ToF32((r.v.x >> (8 * i)) & 0xffu) * s;
-        x[i + 4] = E4m3ToF32((r.v.y >> (8 * i)) & 0xffu) * s;
-      }
-      return make_uint4(PackBf16x2(x[0], x[4]), PackBf16x2(x[1], x[5]), PackBf16x2(x[2], x[6]),
-                        PackBf16x2(x[3], x[7]));
-    }
-    case Format::kNVFP4: {
-      const float s = E4m3ToF32(r.s);
-      float x[8];
-#pragma unroll
-      for (int i = 0; i < 8; ++i) x[i] = E2m1ToF32((r.v.x >> (4 * i)) & 0xfu) * s;
-      return make_uint4(PackBf16x2(x[0], x[4]), PackBf16x2(x[1], x[5]), PackBf16x2(x[2], x[6]),
-                        PackBf16x2(x[3], x[7]));
-    }
-    default:  // bf16: reorder (x0..x7) into (x0,x4) (x1,x5) (x2,x6) (x3,x7)
-      return make_uint4(__byte_perm(r.v.x, r.v.z, 0x5410), __byte_perm(r.v.x, r.v.z, 0x7632),
-                        __byte_perm(r.v.y, r.v.w, 0x5410), __byte_perm(r.v.y, r.v.w, 0x7632));
+    case Format::kMXFP8: return DecodeActGroupAs<Format::kMXFP8>(r);
+    case Format::kNVFP4: return DecodeActGroupAs<Format::kNVFP4>(r);
+    default: return DecodeActGroupAs<Format::kBF16>(r);
   }
 }
 

@@ -77,7 +77,13 @@ __device__ __forceinline__ void StoreShared16(uint32_t addr, const uint4& v) {
 }
 
 // The producer warpgroup: every stage's operands, decoded, into the ring.
-template <int TT, int kStages, Format WF, GemmStage ST>
+// The activation format is a template parameter here (the kernel branches
+// once): profiled on the H200, a runtime switch per group plus per-stage row
+// arithmetic made this loop ~1500 instructions per stage and the consumers
+// spent 46% of their time waiting for it. Full stages (all of K in range,
+// 16-byte aligned rows) take a branch-free path; the K tail the generic
+// loaders.
+template <int TT, int kStages, Format WF, Format AF, GemmStage ST>
 __device__ __forceinline__ void WsProduce(const GemmArgs& a, int tile, int expert, const int32_t* s_expanded,
                                           uint32_t smem_base, int n_stages) {
   using S = WsShape<TT, ST>;
@@ -88,66 +94,90 @@ __device__ __forceinline__ void WsProduce(const GemmArgs& a, int tile, int exper
   const bool aligned16 = (k_bytes % 16) == 0, scale_pairs = (scale_cols % 2) == 0;
   const uint8_t* w = a.w + static_cast<int64_t>(expert) * a.w_rows_per_expert * k_bytes;
   const uint8_t* ws = a.w_scale + static_cast<int64_t>(expert) * a.w_rows_per_expert * scale_cols;
-  int wrow[S::kMT];
+  const uint8_t* wptr[S::kMT];  // this thread's weight rows (and scale rows) at its K half
+  const uint8_t* sptr[S::kMT];
   bool wvalid[S::kMT];
 #pragma unroll
   for (int mt = 0; mt < S::kMT; ++mt) {
     const int sub = ST == GemmStage::kGemm1 ? (mt & 1) : mt;
     const int feature = blockIdx.y * 128 + 32 * (arow >> 4) + 16 * sub + (arow & 15);
     wvalid[mt] = feature < a.n_dim;
-    wrow[mt] = wvalid[mt] ? ((ST == GemmStage::kGemm1 && mt >= 2) ? a.n_dim + feature : feature) : 0;
+    const int row = wvalid[mt] ? ((ST == GemmStage::kGemm1 && mt >= 2) ? a.n_dim + feature : feature) : 0;
+    wptr[mt] = w + static_cast<int64_t>(row) * k_bytes;
+    sptr[mt] = ws + static_cast<int64_t>(row) * scale_cols;
   }
   // Activation groups: one token per thread (n = t % TT), K groups kcg0 + step * i.
   const int n_tok = t % TT, kcg0 = t / TT;
   constexpr int kKcgStep = kProducerThreads / TT;
   const int ex = s_expanded[n_tok];
-  const int64_t src = a.gather_tokens ? ex / a.top_k : static_cast<int64_t>(tile) * TT + n_tok;
+  const int64_t src = ex < 0 ? 0 : (a.gather_tokens ? ex / a.top_k : static_cast<int64_t>(tile) * TT + n_tok);
+  const uint8_t* arow_ptr = a.a_data + src * a.a_row_bytes;
+  const uint8_t* asrow_ptr = AF == Format::kBF16 ? nullptr : a.a_scale + src * a.a_scale_row_bytes;
+  const bool fast_rows = aligned16 && (WF != Format::kNVFP4 || scale_pairs);
 
   auto load = [&](int it, WeightQuad (&wq)[S::kMT], RawActGroup (&ra)[S::kGroups]) {
     const int k0 = it * kKStage;
+    const int kq = k0 + 32 * ahalf;  // this thread's quad
+    if (fast_rows && k0 + kKStage <= a.k_dim) {
+#pragma unroll
+      for (int mt = 0; mt < S::kMT; ++mt) {
+        wq[mt] = WeightQuad{make_uint4(0, 0, 0, 0), 0u};
+        if (wvalid[mt]) {
+          wq[mt].codes = __ldg(reinterpret_cast<const uint4*>(wptr[mt] + kq / 2));
+          wq[mt].scales = WF == Format::kNVFP4 ? __ldg(reinterpret_cast<const uint16_t*>(sptr[mt] + kq / 16))
+                                               : __ldg(sptr[mt] + kq / 32);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < S::kGroups; ++i) {
+        ra[i] = RawActGroup{make_uint4(0, 0, 0, 0), 0u};
+        if (ex >= 0) ra[i] = LoadRawActGroupAt<AF>(arow_ptr, asrow_ptr, k0 + 8 * (kcg0 + kKcgStep * i));
+      }
+      return;
+    }
 #pragma unroll
     for (int mt = 0; mt < S::kMT; ++mt)
-      wq[mt] = wvalid[mt] ? LoadWeightQuad<WF>(w + wrow[mt] * k_bytes, ws + wrow[mt] * scale_cols,
-                                               k0 + 32 * ahalf, a.k_dim, aligned16, scale_pairs)
+      wq[mt] = wvalid[mt] ? LoadWeightQuad<WF>(wptr[mt], sptr[mt], kq, a.k_dim, aligned16, scale_pairs)
                           : WeightQuad{make_uint4(0, 0, 0, 0), 0u};
 #pragma unroll
     for (int i = 0; i < S::kGroups; ++i) {
       const int k = k0 + 8 * (kcg0 + kKcgStep * i);
-      ra[i] = (ex >= 0 && k < a.k_dim) ? LoadRawActGroup(a, src, k) : RawActGroup{make_uint4(0, 0, 0, 0), 0u};
+      ra[i] = (ex >= 0 && k < a.k_dim) ? LoadRawActGroupAt<AF>(arow_ptr, asrow_ptr, k)
+                                       : RawActGroup{make_uint4(0, 0, 0, 0), 0u};
     }
   };
 
-  WeightQuad wq[S::kMT];
-  RawActGroup ra[S::kGroups];
-  load(0, wq, ra);
-  for (int it = 0; it < n_stages; ++it) {
+  WeightQuad wq[2][S::kMT];  // register double buffer: stage it + 1 loads while stage it is decoded
+  RawActGroup ra[2][S::kGroups];
+  load(0, wq[0], ra[0]);
+  auto produce = [&](int it, WeightQuad (&cur_w)[S::kMT], RawActGroup (&cur_a)[S::kGroups],
+                     WeightQuad (&next_w)[S::kMT], RawActGroup (&next_a)[S::kGroups]) {
     const int s = it % kStages;
-    WeightQuad wq_cur[S::kMT];
-    RawActGroup ra_cur[S::kGroups];
-#pragma unroll
-    for (int mt = 0; mt < S::kMT; ++mt) wq_cur[mt] = wq[mt];
-#pragma unroll
-    for (int i = 0; i < S::kGroups; ++i) ra_cur[i] = ra[i];
-    if (it + 1 < n_stages) load(it + 1, wq, ra);  // in flight while this stage is decoded
+    if (it + 1 < n_stages) load(it + 1, next_w, next_a);
     if (it >= kStages) wgmma::BarrierSync(1 + kStages + s, S::kThreads);  // EMPTY[s]
     const uint32_t a_st = smem_base + s * S::kStageBytes, b_st = a_st + S::kABytes;
 #pragma unroll
     for (int mt = 0; mt < S::kMT; ++mt) {
       uint32_t scale[2];
-      QuadScales<WF>(wq_cur[mt], scale);
+      QuadScales<WF>(cur_w[mt], scale);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         uint32_t d[4];
-        DecodeWord(wq_cur[mt], j, scale, d);
+        DecodeWord(cur_w[mt], j, scale, d);
         StoreShared16(a_st + mt * S::kATileBytes + wgmma::Sw128Offset(arow, 4 * ahalf + j),
                       make_uint4(d[0], d[1], d[2], d[3]));
       }
     }
 #pragma unroll
     for (int i = 0; i < S::kGroups; ++i)
-      StoreShared16(b_st + wgmma::Sw128Offset(n_tok, kcg0 + kKcgStep * i), DecodeActGroup(ra_cur[i], a.act_format));
+      StoreShared16(b_st + wgmma::Sw128Offset(n_tok, kcg0 + kKcgStep * i), DecodeActGroupAs<AF>(cur_a[i]));
     wgmma::FenceSharedForAsync();
     wgmma::BarrierArrive(1 + s, S::kThreads);  // FULL[s]
+  };
+  // Unrolled by two so the double buffer is two named register sets, not copies.
+  for (int it = 0; it < n_stages; it += 2) {
+    produce(it, wq[0], ra[0], wq[1], ra[1]);
+    if (it + 1 < n_stages) produce(it + 1, wq[1], ra[1], wq[0], ra[0]);
   }
 }
 
@@ -175,7 +205,16 @@ __global__ void __launch_bounds__(gemm_ws_detail::WsShape<TT, ST>::kThreads, 1)
   const int n_stages = (a.k_dim + kKStage - 1) / kKStage;
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
-    WsProduce<TT, kStages, WF, ST>(a, tile, expert, s_expanded, smem_base, n_stages);
+    switch (a.act_format) {
+      case Format::kMXFP8:
+        WsProduce<TT, kStages, WF, Format::kMXFP8, ST>(a, tile, expert, s_expanded, smem_base, n_stages);
+        break;
+      case Format::kNVFP4:
+        WsProduce<TT, kStages, WF, Format::kNVFP4, ST>(a, tile, expert, s_expanded, smem_base, n_stages);
+        break;
+      default:
+        WsProduce<TT, kStages, WF, Format::kBF16, ST>(a, tile, expert, s_expanded, smem_base, n_stages);
+    }
     return;
   }
 
