@@ -26,6 +26,8 @@ mkdir -p "$OUT"
   python3 -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())"
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
+# Results files record the commit; the device copy's git metadata can be stale.
+[ -z "${JAX_MOE_COMMIT:-}" ] && echo "warning: JAX_MOE_COMMIT is not set: results will name $(git rev-parse --short HEAD 2>/dev/null), which may be stale" >&2
 
 if has build; then
   START=$(date +%s)

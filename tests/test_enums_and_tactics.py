@@ -49,13 +49,25 @@ def test_build_info():
     assert isinstance(info["cuda"], bool)
 
 
-@pytest.mark.parametrize("T,tile", [(1, 8), (64, 8), (512, 16), (4096, 32), (16384, 32)])
-def test_cuda_default_is_the_staged_family_with_tiles_up_to_32(T, tile):
-    """The CUDA heuristic follows the measured tuner table (benchmarks/results/autotune.md):
-    staged family, token tile from the average expert load, capped at 32."""
+@pytest.mark.parametrize("T,family,tile", [(1, "cuda_mma_swap_ab", 8), (64, "cuda_mma_swap_ab", 8),
+                                           (512, "cuda_mma_swap_ab", 16), (2048, "cuda_mma_swap_ab", 32),
+                                           (4096, "cuda_wgmma_warp_specialized", 128),
+                                           (16384, "cuda_wgmma_warp_specialized", 128)])
+def test_cuda_default_follows_the_tuning_tables(T, family, tile):
+    """The CUDA heuristic follows the measured tuner tables (benchmarks/results/autotune.md):
+    the staged family with the token tile from the average expert load, capped at 32,
+    and the warp-specialised wgmma t128 once the load target reaches 120 tokens per expert."""
     problem = jax_moe.MoEProblem(T, 2880, 2880, 128, 128, 4)
     t = jax_moe.tactics.tactic_table()[jax_moe.default_tactic(problem, "cuda")]
-    assert (t.platform, t.family, t.tile_tokens) == ("cuda", tactics.kernel_families()["cuda_mma_swap_ab"], tile)
+    assert (t.platform, t.family, t.tile_tokens) == ("cuda", tactics.kernel_families()[family], tile)
+
+
+def test_wgmma_candidates_survive_pruning_at_large_loads():
+    """Loads far above the largest wgmma tile still time both wgmma families (the
+    2026-12-01 tuning run had pruned them away at T >= 8192)."""
+    problem = jax_moe.MoEProblem(16384, 7168, 2048, 256, 256, 8)
+    names = {tactics.tactic_table()[i].name for i in tactics.tuning_candidates(problem, "cuda")}
+    assert {"cuda_wgmma_t128", "cuda_wgmma_ws_t128", "cuda_wgmma_ws_t64"} <= names, names
 
 
 def test_every_tactic_names_a_known_family():

@@ -100,6 +100,21 @@ double HeuristicTile(const MoeProblem& p, Platform platform) {
   return avg > 1.0 ? avg : 1.0;
 }
 
+// Load target (tokens per expert) from which the CUDA default is the
+// warp-specialised wgmma family's 128-token tile (see DefaultTactic).
+constexpr double kWgmmaDefaultLoad = 120.0;
+
+bool IsWgmmaFamily(KernelFamily f) {
+  return f == KernelFamily::kCudaWgmmaSwapAB || f == KernelFamily::kCudaWgmmaWarpSpecialized;
+}
+
+double LargestWgmmaTile() {
+  double largest = 1;
+  for (const Tactic& t : TacticTable())
+    if (IsWgmmaFamily(t.family) && t.tile_tokens > largest) largest = static_cast<double>(t.tile_tokens);
+  return largest;
+}
+
 // Distance in octaves between a tactic's tile and a target tile.
 double TileGap(const Tactic& t, double target) {
   return std::fabs(std::log2(static_cast<double>(t.tile_tokens)) - std::log2(target));
@@ -108,11 +123,23 @@ double TileGap(const Tactic& t, double target) {
 }  // namespace
 
 int64_t DefaultTactic(const MoeProblem& p, Platform platform) {
-  // CUDA: the staged family. The streaming family is a tuning candidate only:
-  // on an H200 (2026-12-01, benchmarks/NOTES.md v2) it measured up to 2.5x
-  // slower than the staged kernels of the same tile except at T = 1.
-  const KernelFamily cuda_family = KernelFamily::kCudaMmaSwapAB;
+  // CUDA: the staged family, except at prefill-sized loads. The streaming
+  // family is a tuning candidate only: on an H200 (2026-12-01,
+  // benchmarks/NOTES.md v2) it measured up to 2.5x slower than the staged
+  // kernels of the same tile except at T = 1. The warp-specialised wgmma
+  // t128 won every tuned bucket whose load target reached 120 tokens per
+  // expert (gpt-oss-120b T >= 3072, DeepSeek-V3 T >= 2560: 1.03-1.34x over
+  // the staged t32; 1.30x at gpt-oss T = 16384 in benchmarks.moe), and lost
+  // at gpt-oss T = 2560 (load 104): benchmarks/results/autotune.md.
   const double target = HeuristicTile(p, platform);
+  const bool prefill = platform == Platform::kCuda && LoadTarget(p) >= kWgmmaDefaultLoad;
+  const KernelFamily cuda_family = prefill ? KernelFamily::kCudaWgmmaWarpSpecialized : KernelFamily::kCudaMmaSwapAB;
+  if (prefill) {
+    const auto& table = TacticTable();
+    for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i)
+      if (table[i].family == cuda_family && table[i].tile_tokens == 128 && TacticInvalidReason(p, platform, i).empty())
+        return i;
+  }
   int64_t best = -1;
   double best_gap = 0;
   const auto& table = TacticTable();
@@ -155,11 +182,11 @@ std::vector<int64_t> TuningCandidates(const MoeProblem& p, Platform platform, bo
     if (IsExperimental(table[i].family)) continue;
     if (prune) {
       // The wgmma families exist for tiles beyond the staged family's cap of
-      // 32: they are measured against the uncapped average load.
-      const bool wgmma = table[i].family == KernelFamily::kCudaWgmmaSwapAB ||
-                         table[i].family == KernelFamily::kCudaWgmmaWarpSpecialized;
-      const double load = LoadTarget(p);
-      if (TileGap(table[i], wgmma ? (load > smallest ? load : smallest) : target) > 1.0) continue;
+      // 32: they are measured against the average load itself, held to
+      // their own tile range (a load of 300 tokens still wants t128: the
+      // 2026-12-01 tuning run had dropped both wgmma families at T >= 8192).
+      const double wgmma_target = std::fmin(std::fmax(LoadTarget(p), smallest), LargestWgmmaTile());
+      if (TileGap(table[i], IsWgmmaFamily(table[i].family) ? wgmma_target : target) > 1.0) continue;
       if (table[i].family == KernelFamily::kCudaStreamSplitK && above_one_token) continue;
     }
     out.push_back(i);

@@ -91,6 +91,15 @@ __device__ __forceinline__ void FenceSharedForAsync() {
 #endif
 }
 
+// The accumulator operands of an m64n64 (32 registers) / m64n128 (64) MMA.
+#define JAX_MOE_WG_ACC16(b)                                                                      \
+  "%" #b "0,%" #b "1,%" #b "2,%" #b "3,%" #b "4,%" #b "5,%" #b "6,%" #b "7,%" #b "8,%" #b "9,"
+#define JAX_MOE_WG_ACC32                                                                         \
+  "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9," JAX_MOE_WG_ACC16(1) JAX_MOE_WG_ACC16(2) "%30,%31}, "
+#define JAX_MOE_WG_ACC64                                                                         \
+  "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9," JAX_MOE_WG_ACC16(1) JAX_MOE_WG_ACC16(2) JAX_MOE_WG_ACC16(3)    \
+      JAX_MOE_WG_ACC16(4) JAX_MOE_WG_ACC16(5) "%60,%61,%62,%63}, "
+
 // Accumulators as [N / 8][4] (n8 column group, register): two groups per macro.
 #define JAX_MOE_WG_D8(c) "+f"(d[c][0]), "+f"(d[c][1]), "+f"(d[c][2]), "+f"(d[c][3]), \
                          "+f"(d[c + 1][0]), "+f"(d[c + 1][1]), "+f"(d[c + 1][2]), "+f"(d[c + 1][3])
@@ -107,8 +116,7 @@ __device__ __forceinline__ void MmaRs64(float (&d)[8][4], uint32_t a0, uint32_t 
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+      JAX_MOE_WG_ACC32
       "{%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
       : JAX_MOE_WG_D8(0), JAX_MOE_WG_D8(2), JAX_MOE_WG_D8(4), JAX_MOE_WG_D8(6)
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
@@ -124,10 +132,7 @@ __device__ __forceinline__ void MmaRs128(float (&d)[16][4], uint32_t a0, uint32_
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
-      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
-      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+      JAX_MOE_WG_ACC64
       "{%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"
       : JAX_MOE_WG_D8(0), JAX_MOE_WG_D8(2), JAX_MOE_WG_D8(4), JAX_MOE_WG_D8(6),
         JAX_MOE_WG_D8(8), JAX_MOE_WG_D8(10), JAX_MOE_WG_D8(12), JAX_MOE_WG_D8(14)
@@ -147,8 +152,7 @@ __device__ __forceinline__ void MmaSs64(float (&d)[8][4], uint64_t desc_a, uint6
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+      JAX_MOE_WG_ACC32
       "%32, %33, p, 1, 1, 0, 0;\n}\n"
       : JAX_MOE_WG_D8(0), JAX_MOE_WG_D8(2), JAX_MOE_WG_D8(4), JAX_MOE_WG_D8(6)
       : "l"(desc_a), "l"(desc_b));
@@ -163,10 +167,7 @@ __device__ __forceinline__ void MmaSs128(float (&d)[16][4], uint64_t desc_a, uin
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
-      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
-      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+      JAX_MOE_WG_ACC64
       "%64, %65, p, 1, 1, 0, 0;\n}\n"
       : JAX_MOE_WG_D8(0), JAX_MOE_WG_D8(2), JAX_MOE_WG_D8(4), JAX_MOE_WG_D8(6),
         JAX_MOE_WG_D8(8), JAX_MOE_WG_D8(10), JAX_MOE_WG_D8(12), JAX_MOE_WG_D8(14)
@@ -178,6 +179,9 @@ __device__ __forceinline__ void MmaSs128(float (&d)[16][4], uint64_t desc_a, uin
 }
 
 #undef JAX_MOE_WG_D8
+#undef JAX_MOE_WG_ACC64
+#undef JAX_MOE_WG_ACC32
+#undef JAX_MOE_WG_ACC16
 
 template <int N>
 __device__ __forceinline__ void MmaSs(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b) {
