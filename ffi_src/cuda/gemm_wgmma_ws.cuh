@@ -26,9 +26,9 @@
 // its warp's 32 features (GEMM1: m-tiles 0, 1 gate, 2, 3 up; GEMM2: 2
 // m-tiles), so GemmEpilogue applies unchanged; shared-memory A row R of
 // m-tile mt is feature 32 * (R / 16) + 16 * sub(mt) + R % 16 of the block.
-// (A first version used the unswizzled core-matrix layout: correct, but the
-// MMAs' shared-memory reads conflicted and GEMM1 ran at 13% of the bf16
-// matmul rate on the H200, no faster than the register-A family.)
+// (A first version used the unswizzled core-matrix layout; swizzling did not
+// change the measured time, the producer did: benchmarks/NOTES.md, v3
+// outcome. The swizzled layout stays as the one the MMA is built for.)
 #pragma once
 
 #include <atomic>
