@@ -62,6 +62,40 @@ struct GemmArgs {
 
 namespace gemm_detail {
 
+// The m-tiles (16 weight rows each) behind one warp's 32 output features:
+// GEMM1 runs 2 gate + 2 up m-tiles (the up row of feature f sits n_dim rows
+// after its gate row), GEMM2 2 m-tiles of output features. Every GEMM
+// family and GemmEpilogue share this layout.
+template <GemmStage ST>
+constexpr int WarpMTiles() {
+  return ST == GemmStage::kGemm1 ? 4 : 2;
+}
+// First output feature of m-tile mt for a warp whose features start at feat0.
+template <GemmStage ST>
+__device__ __forceinline__ int MTileFeature(int feat0, int mt) {
+  return feat0 + 16 * (ST == GemmStage::kGemm1 ? (mt & 1) : mt);
+}
+// The expert-local weight row of `feature` in m-tile mt.
+template <GemmStage ST>
+__device__ __forceinline__ int MTileWeightRow(int feature, int mt, int n_dim) {
+  return (ST == GemmStage::kGemm1 && mt >= 2) ? n_dim + feature : feature;
+}
+
+// Tokens per warpgroup (the wgmma N) of the wgmma families for a token tile
+// of TT rows: GEMM1's 4 m-tiles keep N at 64 (128 accumulators per thread).
+template <int TT, GemmStage ST>
+constexpr int WgmmaN() {
+  return ST == GemmStage::kGemm1 ? 64 : (TT >= 128 ? 128 : 64);
+}
+
+// The two m16n8k16 MMAs of one decoded weight word: af[r] = the 4 bf16x2
+// pairs (DecodeWord order) of the lane's rows g (r = 0) and g + 8 (r = 1),
+// bv = the token group in the same K order.
+__device__ __forceinline__ void MmaDecodedWord(float (&d)[4], const uint32_t (&af)[2][4], const uint4& bv) {
+  MmaBf16(d, af[0][0], af[1][0], af[0][1], af[1][1], bv.x, bv.y);
+  MmaBf16(d, af[0][2], af[1][2], af[0][3], af[1][3], bv.z, bv.w);
+}
+
 constexpr int kKBlock = 128;  // K elements covered by one quad's 4 x 32-element loads
 
 // Shared-memory slot (16 bytes = 8 bf16) of the 8-element group `grp` of a
@@ -228,10 +262,9 @@ struct LaneWeights {
     s = a.w_scale + static_cast<int64_t>(expert) * a.w_rows_per_expert * scale_cols;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
-      const int sub = ST == GemmStage::kGemm1 ? (mt & 1) : mt;
-      const int feature = feat0 + 16 * sub;
+      const int feature = MTileFeature<ST>(feat0, mt);
       valid[mt] = feature < a.n_dim;
-      const int base = (ST == GemmStage::kGemm1 && mt >= 2) ? a.n_dim + feature : feature;
+      const int base = MTileWeightRow<ST>(feature, mt, a.n_dim);
 #pragma unroll
       for (int r = 0; r < 2; ++r) row[mt][r] = valid[mt] ? base + g + 8 * r : 0;
     }

@@ -26,7 +26,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
     MmaSwapAbGemmKernel(const GemmArgs a) {
   using namespace gemm_detail;
   constexpr int kWarpsT = TT / TW, kNT = TW / 8;
-  constexpr int kMT = ST == GemmStage::kGemm1 ? 4 : 2;  // GEMM1: 2 gate + 2 up m-tiles
+  constexpr int kMT = WarpMTiles<ST>();
   constexpr int kThreads = 32 * kWarpsT * WN;
   constexpr int kRowVec = KC / 8 + 4;  // 16-byte slots per staged row; +64 B keeps LDS.128 conflict-free
   static_assert(TT % TW == 0 && TW % 8 == 0 && KC % kKBlock == 0, "bad tactic");
@@ -54,10 +54,9 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   bool mt_valid[kMT];
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
-    const int sub = ST == GemmStage::kGemm1 ? (mt & 1) : mt;
-    const int feature = feat0 + 16 * sub;
+    const int feature = MTileFeature<ST>(feat0, mt);
     mt_valid[mt] = feature < a.n_dim;
-    const int64_t base = (ST == GemmStage::kGemm1 && mt >= 2) ? a.n_dim + feature : feature;
+    const int64_t base = MTileWeightRow<ST>(feature, mt, a.n_dim);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int64_t row = static_cast<int64_t>(expert) * a.w_rows_per_expert + base + g + 8 * r;
@@ -114,8 +113,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
 #pragma unroll
           for (int mt = 0; mt < kMT; ++mt) {
             if (!mt_valid[mt]) continue;
-            MmaBf16(acc[mt][nt], af[mt][0][0], af[mt][1][0], af[mt][0][1], af[mt][1][1], bv.x, bv.y);
-            MmaBf16(acc[mt][nt], af[mt][0][2], af[mt][1][2], af[mt][0][3], af[mt][1][3], bv.z, bv.w);
+            MmaDecodedWord(acc[mt][nt], af[mt], bv);
           }
         }
       }

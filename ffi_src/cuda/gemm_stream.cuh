@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(32 * gemm_detail::kStreamMaxWarps)
     StreamGemmKernel(const GemmArgs a, int split_k) {
   using namespace gemm_detail;
   constexpr int kWarpsT = TT / TW, kNT = TW / 8;
-  constexpr int kMT = ST == GemmStage::kGemm1 ? 4 : 2;  // GEMM1: 2 gate + 2 up m-tiles
+  constexpr int kMT = WarpMTiles<ST>();
   constexpr int kAcc = kMT * kNT * 4;
   static_assert(TT % TW == 0 && TW % 8 == 0 && kWarpsT <= kStreamMaxWarps, "bad tactic");
   extern __shared__ float s_partial[];  // [(split_k - 1) * kWarpsT][kAcc][32]
@@ -102,8 +102,7 @@ __global__ void __launch_bounds__(32 * gemm_detail::kStreamMaxWarps)
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt) {
           if (!mt_valid[mt]) continue;
-          MmaBf16(acc[mt][nt], af[mt][0][0], af[mt][1][0], af[mt][0][1], af[mt][1][1], bv.x, bv.y);
-          MmaBf16(acc[mt][nt], af[mt][0][2], af[mt][1][2], af[mt][0][3], af[mt][1][3], bv.z, bv.w);
+          MmaDecodedWord(acc[mt][nt], af[mt], bv);
         }
       }
     }
@@ -168,7 +167,7 @@ int StreamSplitK(int k_dim) {
 template <int TT, int TW, Format WF, GemmStage ST>
 cudaError_t LaunchStreamGemm(const GemmArgs& a, int64_t max_tiles, cudaStream_t stream) {
   constexpr int kTW = ST == GemmStage::kGemm1 ? 8 : TW;
-  constexpr int kWarpsT = TT / kTW, kNT = kTW / 8, kMT = ST == GemmStage::kGemm1 ? 4 : 2;
+  constexpr int kWarpsT = TT / kTW, kNT = kTW / 8, kMT = gemm_detail::WarpMTiles<ST>();
   const int split_k = StreamSplitK<TT, kTW>(a.k_dim);
   const size_t smem = static_cast<size_t>(split_k - 1) * kWarpsT * kMT * kNT * 4 * 32 * sizeof(float);
   const dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>((a.n_dim + 31) / 32));

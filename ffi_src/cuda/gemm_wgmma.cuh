@@ -33,12 +33,6 @@ namespace jax_moe::cuda {
 
 namespace gemm_detail {
 
-// Tokens per warpgroup (the wgmma N) for a token tile of TT rows.
-template <int TT, GemmStage ST>
-constexpr int WgmmaN() {
-  return ST == GemmStage::kGemm1 ? 64 : (TT >= 128 ? 128 : 64);
-}
-
 // Pairs 2h and 2h+1 of word j's decode (the half of DecodeWord one k16 step
 // uses). The block scale is rebuilt from the raw bytes rather than kept
 // decoded for the whole K block: 16 registers GEMM1 does not have.
@@ -59,7 +53,7 @@ __global__ void __launch_bounds__(128 * (TT / gemm_detail::WgmmaN<TT, ST>()))
   constexpr int kN = WgmmaN<TT, ST>();
   constexpr int kThreads = 128 * (TT / kN);
   constexpr int kNT = kN / 8;
-  constexpr int kMT = ST == GemmStage::kGemm1 ? 4 : 2;  // GEMM1: 2 gate + 2 up m-tiles
+  constexpr int kMT = WarpMTiles<ST>();
   constexpr int kBlocksPerChunk = KC / kKBlock;
   static_assert(TT % kN == 0 && KC % kKBlock == 0, "bad wgmma tactic");
   static_assert(TT * KC * 2 + TT * 4 <= 48 * 1024, "staging must fit static shared memory");

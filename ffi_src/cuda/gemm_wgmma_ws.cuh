@@ -48,10 +48,10 @@ constexpr int kProducerThreads = 128;
 
 template <int TT, GemmStage ST>
 struct WsShape {
-  static constexpr int kN = ST == GemmStage::kGemm1 ? 64 : (TT >= 128 ? 128 : 64);  // tokens per consumer
+  static constexpr int kN = WgmmaN<TT, ST>();  // tokens per consumer
   static constexpr int kConsumers = TT / kN;
   static constexpr int kThreads = kProducerThreads * (1 + kConsumers);
-  static constexpr int kMT = ST == GemmStage::kGemm1 ? 4 : 2;
+  static constexpr int kMT = WarpMTiles<ST>();
   static constexpr int kATileBytes = 64 * kKStage * 2;         // one m-tile (64 rows) of bf16
   static constexpr int kABytes = kMT * kATileBytes;
   static constexpr int kBBytes = TT * kKStage * 2;
@@ -99,10 +99,9 @@ __device__ __forceinline__ void WsProduce(const GemmArgs& a, int tile, int exper
   bool wvalid[S::kMT];
 #pragma unroll
   for (int mt = 0; mt < S::kMT; ++mt) {
-    const int sub = ST == GemmStage::kGemm1 ? (mt & 1) : mt;
-    const int feature = blockIdx.y * 128 + 32 * (arow >> 4) + 16 * sub + (arow & 15);
+    const int feature = MTileFeature<ST>(blockIdx.y * 128 + 32 * (arow >> 4), mt) + (arow & 15);
     wvalid[mt] = feature < a.n_dim;
-    const int row = wvalid[mt] ? ((ST == GemmStage::kGemm1 && mt >= 2) ? a.n_dim + feature : feature) : 0;
+    const int row = wvalid[mt] ? MTileWeightRow<ST>(feature, mt, a.n_dim) : 0;
     wptr[mt] = w + static_cast<int64_t>(row) * k_bytes;
     sptr[mt] = ws + static_cast<int64_t>(row) * scale_cols;
   }
@@ -224,7 +223,7 @@ __global__ void __launch_bounds__(gemm_ws_detail::WsShape<TT, ST>::kThreads, 1)
   bool mt_valid[S::kMT];
 #pragma unroll
   for (int mt = 0; mt < S::kMT; ++mt)
-    mt_valid[mt] = feat0 + 16 * (ST == GemmStage::kGemm1 ? (mt & 1) : mt) < a.n_dim;
+    mt_valid[mt] = MTileFeature<ST>(feat0, mt) < a.n_dim;
 
   float acc[S::kMT][S::kN / 8][4];
   ZeroAccumulators(acc);
