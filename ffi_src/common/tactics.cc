@@ -108,11 +108,13 @@ bool IsWgmmaFamily(KernelFamily f) {
   return f == KernelFamily::kCudaWgmmaSwapAB || f == KernelFamily::kCudaWgmmaWarpSpecialized;
 }
 
-double LargestWgmmaTile() {
+// The tile the wgmma families aim at: the load itself (no cap at 32), held
+// to their largest tile (a load of 300 tokens per expert still wants t128).
+double WgmmaLoadTarget(const MoeProblem& p) {
   double largest = 1;
   for (const Tactic& t : TacticTable())
     if (IsWgmmaFamily(t.family) && t.tile_tokens > largest) largest = static_cast<double>(t.tile_tokens);
-  return largest;
+  return std::fmin(LoadTarget(p), largest);
 }
 
 // Distance in octaves between a tactic's tile and a target tile.
@@ -128,18 +130,13 @@ int64_t DefaultTactic(const MoeProblem& p, Platform platform) {
   // benchmarks/NOTES.md v2) it measured up to 2.5x slower than the staged
   // kernels of the same tile except at T = 1. The warp-specialised wgmma
   // t128 won every tuned bucket whose load target reached 120 tokens per
-  // expert (gpt-oss-120b T >= 3072, DeepSeek-V3 T >= 2560: 1.03-1.34x over
-  // the staged t32; 1.30x at gpt-oss T = 16384 in benchmarks.moe), and lost
-  // at gpt-oss T = 2560 (load 104): benchmarks/results/autotune.md.
-  const double target = HeuristicTile(p, platform);
+  // expert (T >= 3072 for both gpt-oss-120b and DeepSeek-V3: 1.13-1.34x over
+  // the staged t32; 1.30x at gpt-oss T = 16384 in benchmarks.moe); below,
+  // at a load of 104 (T = 2560), it won for DeepSeek-V3 and lost for
+  // gpt-oss-120b: benchmarks/results/autotune.md.
   const bool prefill = platform == Platform::kCuda && LoadTarget(p) >= kWgmmaDefaultLoad;
   const KernelFamily cuda_family = prefill ? KernelFamily::kCudaWgmmaWarpSpecialized : KernelFamily::kCudaMmaSwapAB;
-  if (prefill) {
-    const auto& table = TacticTable();
-    for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i)
-      if (table[i].family == cuda_family && table[i].tile_tokens == 128 && TacticInvalidReason(p, platform, i).empty())
-        return i;
-  }
+  const double target = prefill ? WgmmaLoadTarget(p) : HeuristicTile(p, platform);
   int64_t best = -1;
   double best_gap = 0;
   const auto& table = TacticTable();
@@ -176,16 +173,15 @@ std::vector<int64_t> TuningCandidates(const MoeProblem& p, Platform platform, bo
       smallest = static_cast<double>(t.tile_tokens);
   const double heuristic = HeuristicTile(p, platform);
   const double target = heuristic > smallest ? heuristic : smallest;
+  // The wgmma families exist for tiles beyond the staged family's cap of 32
+  // (the 2026-12-01 tuning run, which capped them like the others, had
+  // dropped both at T >= 8192).
+  const double wgmma_target = std::fmax(WgmmaLoadTarget(p), smallest);
   const bool above_one_token = p.expanded() > p.num_local_experts;  // average expert load
   for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i) {
     if (i == def || !TacticInvalidReason(p, platform, i).empty()) continue;
     if (IsExperimental(table[i].family)) continue;
     if (prune) {
-      // The wgmma families exist for tiles beyond the staged family's cap of
-      // 32: they are measured against the average load itself, held to
-      // their own tile range (a load of 300 tokens still wants t128: the
-      // 2026-12-01 tuning run had dropped both wgmma families at T >= 8192).
-      const double wgmma_target = std::fmin(std::fmax(LoadTarget(p), smallest), LargestWgmmaTile());
       if (TileGap(table[i], IsWgmmaFamily(table[i].family) ? wgmma_target : target) > 1.0) continue;
       if (table[i].family == KernelFamily::kCudaStreamSplitK && above_one_token) continue;
     }
