@@ -117,6 +117,7 @@ nb::list TacticRows() {
     row["tile_n"] = t.tile_n;
     row["tokens_per_warp"] = t.tokens_per_warp;
     row["k_chunk"] = t.k_chunk;
+    row["weight_stages"] = t.weight_stages;
     row["experimental"] = IsExperimental(t.family);
     rows.append(row);
   }

@@ -29,6 +29,8 @@ class Tactic:
       tile_n: output columns (features) per work item.
       tokens_per_warp: CUDA only: the token (N) extent of one warp's MMAs; 0 on the CPU.
       k_chunk: CUDA only: K elements staged in shared memory at a time; 0 on the CPU.
+      weight_stages: CUDA staged family only: depth (K blocks of 128) of the
+        cp.async weight ring; 0 where weights go straight to registers.
       experimental: the family has not passed the GPU suite yet; only an
         explicit ``tactic=`` runs it (never the default or the tuner).
     """
@@ -41,6 +43,7 @@ class Tactic:
     tile_n: int
     tokens_per_warp: int = 0
     k_chunk: int = 0
+    weight_stages: int = 0
     experimental: bool = False
 
 

@@ -123,6 +123,27 @@ def test_both_kernel_families_every_format(family, wfmt, afmt):
     _check(case, tactic=tactic.id)
 
 
+_RING_TACTICS = [t for t in tactics.tactic_table() if t.weight_stages > 0]
+# (H, I, weights, acts): every format with K tails inside the ring (H = 1056 =
+# 8 * 128 + 32, I = 352 = 2 * 128 + 96); then K = 1040 / 336, multiples of 16
+# only (NVFP4 weights, bf16 / NVFP4 activations), where the launcher falls
+# back to the ring-less kernel of the same tile.
+_RING_CASES = ([(1056, 352, w, a) for w in (Format.NVFP4, Format.MXFP4)
+                for a in (Format.BF16, Format.MXFP8, Format.NVFP4)]
+               + [(1040, 336, Format.NVFP4, a) for a in (Format.BF16, Format.NVFP4)])
+
+
+@pytest.mark.parametrize("H,I,wfmt,afmt", _RING_CASES,
+                         ids=[f"H{h}_{w.name.lower()}_{a.name.lower()}" for h, _, w, a in _RING_CASES])
+@pytest.mark.parametrize("tactic", [t.id for t in _RING_TACTICS], ids=[t.name for t in _RING_TACTICS])
+def test_weight_ring_tactics(tactic, H, I, wfmt, afmt):
+    """The cp.async weight-ring rows of the staged family, 1 to several tokens
+    per expert across tiles, biases and the gpt-oss activation."""
+    case = make_case(T=37, H=H, I=I, E=8, top_k=2, weight_format=wfmt, act_format=afmt,
+                     activation=Activation.SWIGLU_OAI, biases=True)
+    _check(case, tactic=tactic)
+
+
 @pytest.mark.parametrize("wfmt,afmt", list(itertools.product((Format.NVFP4, Format.MXFP4),
                                                              (Format.BF16, Format.MXFP8, Format.NVFP4))),
                          ids=lambda v: v.name.lower())

@@ -7,23 +7,23 @@ namespace jax_moe {
 
 const std::vector<Tactic>& TacticTable() {
   static const std::vector<Tactic> table = {
-      {"cpu_t4_n32", Platform::kCpu, KernelFamily::kCpuBlocked, 4, 32, 0, 0},
-      {"cpu_t16_n64", Platform::kCpu, KernelFamily::kCpuBlocked, 16, 64, 0, 0},
-      {"cpu_t64_n64", Platform::kCpu, KernelFamily::kCpuBlocked, 64, 64, 0, 0},
-#define JAX_MOE_CUDA_ROW(name, tt, tw, wn, kc) \
-  {#name, Platform::kCuda, KernelFamily::kCudaMmaSwapAB, tt, 32 * wn, tw, kc},
+      {"cpu_t4_n32", Platform::kCpu, KernelFamily::kCpuBlocked, 4, 32, 0, 0, 0},
+      {"cpu_t16_n64", Platform::kCpu, KernelFamily::kCpuBlocked, 16, 64, 0, 0, 0},
+      {"cpu_t64_n64", Platform::kCpu, KernelFamily::kCpuBlocked, 64, 64, 0, 0, 0},
+#define JAX_MOE_CUDA_ROW(name, tt, tw, wn, kc, ws) \
+  {#name, Platform::kCuda, KernelFamily::kCudaMmaSwapAB, tt, 32 * wn, tw, kc, ws},
       JAX_MOE_CUDA_TACTICS(JAX_MOE_CUDA_ROW)
 #undef JAX_MOE_CUDA_ROW
 #define JAX_MOE_CUDA_STREAM_ROW(name, tt, tw) \
-  {#name, Platform::kCuda, KernelFamily::kCudaStreamSplitK, tt, 32, tw, 0},
+  {#name, Platform::kCuda, KernelFamily::kCudaStreamSplitK, tt, 32, tw, 0, 0},
       JAX_MOE_CUDA_STREAM_TACTICS(JAX_MOE_CUDA_STREAM_ROW)
 #undef JAX_MOE_CUDA_STREAM_ROW
 #define JAX_MOE_CUDA_WGMMA_ROW(name, tt, kc) \
-  {#name, Platform::kCuda, KernelFamily::kCudaWgmmaSwapAB, tt, 128, 64, kc},
+  {#name, Platform::kCuda, KernelFamily::kCudaWgmmaSwapAB, tt, 128, 64, kc, 0},
       JAX_MOE_CUDA_WGMMA_TACTICS(JAX_MOE_CUDA_WGMMA_ROW)
 #undef JAX_MOE_CUDA_WGMMA_ROW
 #define JAX_MOE_CUDA_WGMMA_WS_ROW(name, tt, stages) \
-  {#name, Platform::kCuda, KernelFamily::kCudaWgmmaWarpSpecialized, tt, 128, 64, 64 * stages},
+  {#name, Platform::kCuda, KernelFamily::kCudaWgmmaWarpSpecialized, tt, 128, 64, 64 * stages, 0},
       JAX_MOE_CUDA_WGMMA_WS_TACTICS(JAX_MOE_CUDA_WGMMA_WS_ROW)
 #undef JAX_MOE_CUDA_WGMMA_WS_ROW
   };
@@ -65,7 +65,7 @@ uint64_t TacticTableHash() {
   };
   for (const Tactic& t : TacticTable()) {
     mix(StrCat(t.name, '|', static_cast<int64_t>(t.platform), '|', static_cast<int64_t>(t.family),
-               '|', t.tile_tokens, '|', t.tile_n, '|', t.tokens_per_warp, '|', t.k_chunk));
+               '|', t.tile_tokens, '|', t.tile_n, '|', t.tokens_per_warp, '|', t.k_chunk, '|', t.weight_stages));
   }
   return h;
 }

@@ -15,13 +15,44 @@
 // memory as bf16 (MXFP8 / NVFP4 activations are decoded here, in the A path,
 // never by a separate pass). Best for large token tiles, where the staged
 // activations are reused by many MMAs; gemm_stream.cuh is the small-tile family.
+//
+// Weight ring (WS > 0 stages): at small token tiles the kernel is bound by
+// the latency of its weight loads, not by decode or MMA issue: each warp's
+// loads for one K block were issued and waited for before it decoded them
+// (one K block in flight per warp). With the ring each thread copies its own
+// quads (16 bytes of codes, the aligned word holding its block scales) with
+// cp.async into private shared-memory slots WS - 1 K blocks ahead and reads
+// them back itself, so WS - 1 blocks of weights are in flight while it
+// decodes, at no register cost. A thread reads only what it copied: the
+// per-thread cp.async groups order it, no barrier is needed.
 #pragma once
 
+#include "cuda/cp_async.cuh"
 #include "cuda/gemm_common.cuh"
 
 namespace jax_moe::cuda {
 
-template <int TT, int TW, int WN, int KC, Format WF, GemmStage ST>
+namespace gemm_mma_detail {
+
+// Bytes of the weight ring: per stage, m-tile, row half and thread, 16 bytes
+// of codes and one 4-byte scale word.
+template <int TT, int TW, int WN, int WS, GemmStage ST>
+constexpr int RingSmemBytes() {
+  return WS * gemm_detail::WarpMTiles<ST>() * 2 * 32 * (TT / TW) * WN * (16 + 4);
+}
+
+// The ring copies whole 16-byte code chunks and takes a quad's NVFP4 scale
+// pair from one aligned 4-byte word: both hold when rows are 16-byte aligned
+// (K % 32 == 0, weight base 16-byte aligned, scale rows an even number of
+// bytes). Other problems run the ring-less kernel of the same tile.
+inline bool RingFits(const GemmArgs& a) {
+  return a.k_dim % 32 == 0 && reinterpret_cast<uintptr_t>(a.w) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(a.w_scale) % 4 == 0;
+}
+
+}  // namespace gemm_mma_detail
+
+template <int TT, int TW, int WN, int KC, int WS, Format WF, GemmStage ST>
 __global__ void __launch_bounds__(32 * (TT / TW) * WN)
     MmaSwapAbGemmKernel(const GemmArgs a) {
   using namespace gemm_detail;
@@ -50,7 +81,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   const int64_t scale_cols = a.k_dim / BlockSize(WF);
   const bool aligned16 = (k_bytes % 16) == 0, scale_pairs = (scale_cols % 2) == 0;
   const uint8_t* wrow[kMT][2];
-  const uint8_t* srow[kMT][2];
+  const uint8_t* srow[kMT][2];  // the rows' block scales (scale_cols bytes each)
   bool mt_valid[kMT];
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
@@ -67,6 +98,47 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
 
   float acc[kMT][kNT][4];
   ZeroAccumulators(acc);
+
+  // The weight ring (WS > 0): slot (stage, mt, r) of this thread. Codes
+  // first, then the scale words, each [WS][kMT][2][kThreads] so a warp's
+  // accesses are consecutive 16- (4-) byte words.
+  extern __shared__ uint4 ring_smem[];
+  uint4* const ring_codes = ring_smem;
+  constexpr int kRing = WS > 0 ? WS : 1;  // (the ring-less kernel never touches it)
+  uint32_t* const ring_scales = reinterpret_cast<uint32_t*>(ring_smem + kRing * kMT * 2 * kThreads);
+  auto ring_slot = [&](int kbi, int mt, int r) { return (((kbi % kRing) * kMT + mt) * 2 + r) * kThreads + threadIdx.x; };
+  const int num_kb = (a.k_dim + kKBlock - 1) / kKBlock;
+  // Copies K block kbi's quads into its slots. RingFits makes K a multiple
+  // of 32, so a quad is wholly inside or wholly past K; past K nothing is
+  // read and the slot is zero-filled. The scale word is the aligned 4 bytes
+  // holding the quad's scale byte(s), read no further than its row's end.
+  auto ring_issue = [&](int kbi) {
+    const int k = kbi * kKBlock + 32 * q;
+    const bool valid = k < a.k_dim;
+    const int code_bytes = valid ? 16 : 0;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      if (!mt_valid[mt]) continue;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int slot = ring_slot(kbi, mt, r);
+        CpAsync16(&ring_codes[slot], code_bytes ? wrow[mt][r] + k / 2 : a.w, code_bytes);
+        const uint8_t* sp = srow[mt][r] + k / BlockSize(WF);
+        const uint8_t* word = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(sp) & ~uintptr_t{3});
+        const int to_row_end = static_cast<int>(srow[mt][r] + scale_cols - word);
+        CpAsync4(&ring_scales[slot], valid ? word : a.w_scale, valid ? min(4, to_row_end) : 0);
+      }
+    }
+  };
+  if constexpr (WS > 0) {
+    if (warp_active)
+#pragma unroll
+      for (int s = 0; s < WS - 1; ++s) {
+        if (s < num_kb) ring_issue(s);
+        CpAsyncCommit();  // empty groups too: the wait below counts groups
+      }
+  }
+  int kbi = 0;  // K block index, across chunks
 
   for (int k0 = 0; k0 < a.k_dim; k0 += KC) {
     __syncthreads();  // the previous chunk is consumed; s_expanded is visible
@@ -85,15 +157,36 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
     __syncthreads();
     if (!warp_active) continue;
     const int kend = min(k0 + KC, a.k_dim);
-    for (int kb = k0; kb < kend; kb += kKBlock) {
+    for (int kb = k0; kb < kend; kb += kKBlock, ++kbi) {
       const int k = kb + 32 * q;
       WeightQuad wq[kMT][2];
+      if constexpr (WS > 0) {
+        // Refill the slot read one K block ago, then wait for this block's.
+        if (kbi + WS - 1 < num_kb) ring_issue(kbi + WS - 1);
+        CpAsyncCommit();
+        CpAsyncWait<WS - 1>();
 #pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
+        for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-        for (int r = 0; r < 2; ++r)
-          wq[mt][r] = mt_valid[mt] ? LoadWeightQuad<WF>(wrow[mt][r], srow[mt][r], k, a.k_dim, aligned16, scale_pairs)
-                                   : WeightQuad{make_uint4(0, 0, 0, 0), 0u};
+          for (int r = 0; r < 2; ++r) {
+            wq[mt][r] = WeightQuad{make_uint4(0, 0, 0, 0), 0u};
+            if (!mt_valid[mt]) continue;
+            const int slot = ring_slot(kbi, mt, r);
+            wq[mt][r].codes = ring_codes[slot];
+            // The scale byte(s) (NVFP4: 2, at an even address) sit at the
+            // word offset of their address.
+            const uint32_t shift = 8u * static_cast<uint32_t>(
+                (reinterpret_cast<uintptr_t>(srow[mt][r]) + k / BlockSize(WF)) & 3u);
+            wq[mt][r].scales = (ring_scales[slot] >> shift) & (WF == Format::kNVFP4 ? 0xffffu : 0xffu);
+          }
+      } else {
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+          for (int r = 0; r < 2; ++r)
+            wq[mt][r] = mt_valid[mt] ? LoadWeightQuad<WF>(wrow[mt][r], srow[mt][r], k, a.k_dim, aligned16, scale_pairs)
+                                     : WeightQuad{make_uint4(0, 0, 0, 0), 0u};
+      }
       uint32_t sc[kMT][2][2];
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt)
@@ -126,11 +219,19 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
 }
 
 // Grid: x = token tiles (worst case from static shapes), y = feature blocks.
-template <int TT, int TW, int WN, int KC, Format WF, GemmStage ST>
+template <int TT, int TW, int WN, int KC, int WS, Format WF, GemmStage ST>
 cudaError_t LaunchMmaSwapAbGemm(const GemmArgs& a, int64_t max_tiles, cudaStream_t stream) {
   constexpr int kThreads = 32 * (TT / TW) * WN;
   const dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>((a.n_dim + 32 * WN - 1) / (32 * WN)));
-  MmaSwapAbGemmKernel<TT, TW, WN, KC, WF, ST><<<grid, kThreads, 0, stream>>>(a);
+  int smem = 0;
+  if constexpr (WS > 0) {
+    if (!gemm_mma_detail::RingFits(a)) return LaunchMmaSwapAbGemm<TT, TW, WN, KC, 0, WF, ST>(a, max_tiles, stream);
+    smem = gemm_mma_detail::RingSmemBytes<TT, TW, WN, WS, ST>();
+    if (const cudaError_t e = EnsureDynamicSmem<MmaSwapAbGemmKernel<TT, TW, WN, KC, WS, WF, ST>>(smem);
+        e != cudaSuccess)
+      return e;
+  }
+  MmaSwapAbGemmKernel<TT, TW, WN, KC, WS, WF, ST><<<grid, kThreads, smem, stream>>>(a);
   return cudaGetLastError();
 }
 

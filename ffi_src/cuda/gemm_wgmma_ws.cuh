@@ -31,9 +31,9 @@
 // outcome. The swizzled layout stays as the one the MMA is built for.)
 #pragma once
 
-#include <atomic>
 #include <string_view>
 
+#include "cuda/cp_async.cuh"
 #include "cuda/gemm_common.cuh"
 #include "cuda/wgmma.cuh"
 
@@ -260,20 +260,8 @@ cudaError_t LaunchWgmmaWsGemm(const GemmArgs& a, int64_t max_tiles, cudaStream_t
   if (std::string_view(JAX_MOE_CUDA_ARCH) != "sm_90a") return cudaErrorNotSupported;
 #endif
   constexpr int kSmem = gemm_ws_detail::WsSmemBytes<TT, kStages, ST>();
-  // Opting in to more than 48 KB of dynamic shared memory is an attribute of
-  // the kernel per device, set once per device (not a stream operation, so
-  // graph capture is unaffected).
-  static std::atomic<uint64_t> opted_in{0};
-  int device = 0;
-  if (const cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
-  const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
-  if (bit == 0 || !(opted_in.load(std::memory_order_acquire) & bit)) {
-    if (const cudaError_t e = cudaFuncSetAttribute(WgmmaWsGemmKernel<TT, kStages, WF, ST>,
-                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-        e != cudaSuccess)
-      return e;
-    opted_in.fetch_or(bit, std::memory_order_release);
-  }
+  if (const cudaError_t e = EnsureDynamicSmem<WgmmaWsGemmKernel<TT, kStages, WF, ST>>(kSmem); e != cudaSuccess)
+    return e;
   const dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>((a.n_dim + 127) / 128));
   WgmmaWsGemmKernel<TT, kStages, WF, ST>
       <<<grid, gemm_ws_detail::WsShape<TT, ST>::kThreads, kSmem, stream>>>(a);

@@ -1,0 +1,55 @@
+// Asynchronous global -> shared copies (cp.async, sm_80+), the pieces the
+// weight ring of the staged family (gemm_mma.cuh) uses: a copy of 4 or 16
+// bytes that reads only `src_bytes` of them and zero-fills the rest, so a
+// ragged K tail never reads past its row, and the per-thread group counters.
+// The groups count per thread: a thread that reads back only what it copied
+// itself needs no barrier, just WaitGroups.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+
+namespace jax_moe::cuda {
+
+// 16 bytes, bypassing L1 (weights are read once). `src` must be 16-byte
+// aligned and readable for src_bytes (0..16) bytes.
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src, int src_bytes) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+}
+
+// 4 bytes through L1 (block scales: neighbouring lanes read the same words).
+// `src` must be 4-byte aligned and readable for src_bytes (0..4) bytes.
+__device__ __forceinline__ void CpAsync4(void* dst, const void* src, int src_bytes) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+}
+
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+// Waits until at most `kPending` of this thread's committed groups are in flight.
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// Opting a kernel in to more than 48 KB of dynamic shared memory is an
+// attribute of the kernel per device, set once per device and kernel (not a
+// stream operation, so graph capture is unaffected).
+template <auto kKernel>
+cudaError_t EnsureDynamicSmem(int bytes) {
+  static std::atomic<uint64_t> opted_in{0};
+  int device = 0;
+  if (const cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
+  const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
+  if (bit != 0 && (opted_in.load(std::memory_order_acquire) & bit)) return cudaSuccess;
+  if (const cudaError_t e = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+      e != cudaSuccess)
+    return e;
+  opted_in.fetch_or(bit, std::memory_order_release);
+  return cudaSuccess;
+}
+
+}  // namespace jax_moe::cuda
