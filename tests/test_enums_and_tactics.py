@@ -62,6 +62,27 @@ def test_cuda_default_follows_the_tuning_tables(T, family, tile):
     assert (t.platform, t.family, t.tile_tokens) == ("cuda", tactics.kernel_families()[family], tile)
 
 
+@pytest.mark.parametrize("T,ring", [(1, True), (32, True), (33, False), (512, False)])
+def test_weight_ring_rows_replace_their_twins_at_decode_loads(T, ring):
+    """At most one token per expert on average (gpt-oss-120b: T <= 32) the
+    default and the tuning candidates use the staged family's cp.async
+    weight-ring rows instead of their ring-less twins; above, the reverse.
+    The exhaustive candidate list keeps both."""
+    problem = jax_moe.MoEProblem(T, 2880, 2880, 128, 128, 4)
+    table = tactics.tactic_table()
+    default = table[jax_moe.default_tactic(problem, "cuda")]
+    assert (default.weight_stages > 0) == ring, default
+    staged = tactics.kernel_families()["cuda_mma_swap_ab"]
+    shape = lambda t: (t.tile_tokens, t.tile_n, t.tokens_per_warp, t.k_chunk)
+    ring_shapes = {shape(t) for t in table if t.weight_stages > 0}
+    kept = [table[i] for i in tactics.tuning_candidates(problem, "cuda")]
+    for t in kept:
+        if t.family == staged and shape(t) in ring_shapes:
+            assert (t.weight_stages > 0) == ring, t.name
+    every = {table[i].name for i in tactics.tuning_candidates(problem, "cuda", exhaustive=True)}
+    assert {t.name for t in table if t.weight_stages > 0} <= every
+
+
 def test_wgmma_candidates_survive_pruning_at_large_loads():
     """Loads far above the largest wgmma tile still time both wgmma families (the
     2026-12-01 tuning run had pruned them away at T >= 8192)."""

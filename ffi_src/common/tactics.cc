@@ -117,6 +117,27 @@ double WgmmaLoadTarget(const MoeProblem& p) {
   return std::fmin(LoadTarget(p), largest);
 }
 
+// Average expert load of at most one token (decode): the staged family's
+// cp.async weight-ring rows replace their ring-less twins there, in the
+// default and among the tuning candidates. Measured on an H200 (2026-12-01,
+// benchmarks/results/ring_2026-12-01.md, NVFP4, T = 1): 1.13x (gpt-oss-120b),
+// 1.29x (DeepSeek-V3), 1.13-1.66x (Qwen3-30B-A3B) over the ring-less t8_n128;
+// at T = 8 1.04x / 1.09x / 0.91x; from T = 64 within +-10% either way, so
+// the ring-less rows stay above one token per expert.
+bool RingPreferred(const MoeProblem& p) { return p.expanded() <= p.num_local_experts; }
+
+// A staged row whose twin (same kernel shape, the other weight_stages) is
+// the one RingPreferred picks for this problem: left out of the default and
+// of the tuning candidates, so the ring adds no tuning time.
+bool ReplacedByTwin(const MoeProblem& p, const Tactic& t) {
+  if (t.family != KernelFamily::kCudaMmaSwapAB || (t.weight_stages > 0) == RingPreferred(p)) return false;
+  for (const Tactic& o : TacticTable())
+    if (o.family == t.family && o.tile_tokens == t.tile_tokens && o.tile_n == t.tile_n &&
+        o.tokens_per_warp == t.tokens_per_warp && o.k_chunk == t.k_chunk && (o.weight_stages > 0) != (t.weight_stages > 0))
+      return true;
+  return false;
+}
+
 // Distance in octaves between a tactic's tile and a target tile.
 double TileGap(const Tactic& t, double target) {
   return std::fabs(std::log2(static_cast<double>(t.tile_tokens)) - std::log2(target));
@@ -142,7 +163,7 @@ int64_t DefaultTactic(const MoeProblem& p, Platform platform) {
   const auto& table = TacticTable();
   for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i) {
     if (!TacticInvalidReason(p, platform, i).empty()) continue;
-    if (platform == Platform::kCuda && table[i].family != cuda_family) continue;
+    if (platform == Platform::kCuda && (table[i].family != cuda_family || ReplacedByTwin(p, table[i]))) continue;
     const double gap = TileGap(table[i], target);
     if (best < 0 || gap < best_gap) {
       best = i;
@@ -181,6 +202,7 @@ std::vector<int64_t> TuningCandidates(const MoeProblem& p, Platform platform, bo
   for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i) {
     if (i == def || !TacticInvalidReason(p, platform, i).empty()) continue;
     if (IsExperimental(table[i].family)) continue;
+    if (prune && ReplacedByTwin(p, table[i])) continue;
     if (prune) {
       if (TileGap(table[i], IsWgmmaFamily(table[i].family) ? wgmma_target : target) > 1.0) continue;
       if (table[i].family == KernelFamily::kCudaStreamSplitK && above_one_token) continue;
