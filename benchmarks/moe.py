@@ -290,6 +290,7 @@ def main() -> None:
                   gpu_tests=a.gpu_tests)
     if not a.no_finalize and jax.default_backend() == "gpu":
         result["finalize"] = bench_finalize(a, floors["copy_bw"])
+        write_results(a, result)  # also when no model rows follow (--models '')
     for name in filter(None, a.models.split(",")):  # --models '': the finalize rows alone
         for w in a.weights.split(","):
             for acts in a.acts.split(","):

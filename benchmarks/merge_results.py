@@ -1,0 +1,149 @@
+"""Merge several `benchmarks.moe` result files (one per device call: the full
+table does not fit one 10-minute call) into one table, with every row checked
+against the targets of the "Performance" issue:
+
+  python3 -m benchmarks.merge_results --out benchmarks/results/latest \\
+      part_a.json part_b.json [--finalize-log fin.log]
+
+Each row keeps the floors of its own run (copy bandwidth and matmul rate are
+measured per call and recorded per part). Targets (T: tokens):
+  decode  T <= 64:    time <= 1.25 x memory floor + 5 us
+  middle  T = 512:    time <= 1.5 x max(memory floor, compute floor)
+  prefill T = 4096:   compute floor / time >= 50% (of the measured bf16 matmul rate)
+          T = 16384:  >= 60%
+  peers   every T:    >= 3x faster than bf16 ragged_dot; faster than the jnp reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+
+def target(row: dict) -> tuple[str, float]:
+    """(description, the largest time in us that meets the row's speed target)."""
+    T, mem, comp = row["T"], row["mem_floor_us"], row["compute_floor_us"]
+    if T <= 64:
+        return "<= 1.25 x mem + 5 us", 1.25 * mem + 5.0
+    if T <= 512:
+        return "<= 1.5 x max floor", 1.5 * max(mem, comp)
+    share = 0.5 if T <= 4096 else 0.6
+    return f">= {share:.0%} of matmul rate", comp / share
+
+
+def parse_finalize_log(path: str) -> list[dict]:
+    """Finalize rows from the console log of `benchmarks.moe` (for a run whose
+    result file was not written)."""
+    pat = re.compile(r"finalize T=(\d+) H=(\d+) K=(\d+): vectorized ([\d.]+) us \((\d+)% of copy BW\), "
+                     r"scalar ([\d.]+) us")
+    rows = []
+    for line in open(path):
+        m = pat.search(line)
+        if m:
+            T, H, K, vec, frac, scalar = m.groups()
+            rows.append(dict(T=int(T), H=int(H), K=int(K), vec_us=float(vec), scalar_us=float(scalar),
+                             vec_fraction_of_copy_bw=int(frac) / 100,
+                             vec_speedup_vs_scalar=float(scalar) / float(vec)))
+    return rows
+
+
+def merge(paths: list[str]) -> dict:
+    parts, rows = [], []
+    for p in paths:
+        d = json.load(open(p))
+        parts.append({k: d.get(k) for k in ("device", "date", "commit", "jax", "copy_bw_GBs", "bf16_matmul_TFLOPs",
+                                            "gpu_tests")} | {"file": p, "rows": len(d["rows"])})
+        for r in d["rows"]:
+            desc, limit = target(r)
+            r = dict(r, part=len(parts) - 1, target=desc, target_time_us=limit, target_met=r["time_us"] <= limit)
+            if r.get("ragged_dot_bf16_us"):
+                r["vs_ragged_dot"] = r["ragged_dot_bf16_us"] / r["time_us"]
+            if r.get("reference_us"):
+                r["vs_reference"] = r["reference_us"] / r["time_us"]
+            rows.append(r)
+    return dict(parts=parts, rows=rows, finalize=[])
+
+
+def write_markdown(result: dict, path: str) -> None:
+    fmt = lambda v, p=1: "-" if v is None else f"{v:.{p}f}"
+    with open(path, "w") as f:
+        first = result["parts"][0]
+        f.write(f"# fp4_moe vs floors, targets and peers ({first['device']}, {first['date']})\n\n")
+        f.write("Merged from one `benchmarks.moe` run per part; each row's floors come from its own run.\n\n"
+                "| part | file | commit | jax | copy BW (GB/s) | bf16 matmul (TFLOP/s) | rows |\n"
+                "|---|---|---|---|---|---|---|\n")
+        for i, p in enumerate(result["parts"]):
+            f.write(f"| {i} | {p['file']} | {p['commit'][:9]} | {p['jax']} | {p['copy_bw_GBs']:.0f} | "
+                    f"{p['bf16_matmul_TFLOPs']:.0f} | {p['rows']} |\n")
+        f.write("\n| model | T | weights | acts | time (us) | tactic | mem floor | compute floor | target | "
+                "target time (us) | met | time / target | ragged_dot bf16 (us) | vs ragged_dot | reference (us) | "
+                "vs reference |\n" + "|---" * 16 + "|\n")
+        for r in result["rows"]:
+            rd = r.get("ragged_dot_bf16_us")
+            rd_cell = fmt(rd) if rd else ("OOM" if r.get("ragged_dot_error", "").find("RESOURCE_EXHAUSTED") >= 0
+                                          or "Out of memory" in r.get("ragged_dot_error", "") else "-")
+            f.write(f"| {r['model']} | {r['T']} | {r['weights']} | {r['acts']} | {r['time_us']:.1f} | "
+                    f"{r['tactic'].replace('cuda_', '')} | {r['mem_floor_us']:.1f} | {r['compute_floor_us']:.1f} | "
+                    f"{r['target']} | {r['target_time_us']:.1f} | {'yes' if r['target_met'] else 'no'} | "
+                    f"{r['time_us'] / r['target_time_us']:.2f} | {rd_cell} | {fmt(r.get('vs_ragged_dot'), 2)} | "
+                    f"{fmt(r.get('reference_us'))} | {fmt(r.get('vs_reference'), 2)} |\n")
+        if result["finalize"]:
+            f.write("\n| finalize T | H | K | vectorized (us) | scalar (us) | vec / scalar | vec % of copy BW |\n"
+                    "|---|---|---|---|---|---|---|\n")
+            for r in result["finalize"]:
+                f.write(f"| {r['T']} | {r['H']} | {r['K']} | {r['vec_us']:.1f} | {r['scalar_us']:.1f} | "
+                        f"{r['vec_speedup_vs_scalar']:.2f} | {r['vec_fraction_of_copy_bw']:.0%} |\n")
+        tests = [p["gpu_tests"] for p in result["parts"] if p.get("gpu_tests")]
+        if tests:
+            f.write("\nGPU tests (`pytest -m gpu`, same machine): " + "; ".join(tests) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("parts", nargs="+", help="benchmarks.moe result JSON files")
+    ap.add_argument("--out", default="benchmarks/results/latest")
+    ap.add_argument("--finalize-log", default=None, help="console log holding the finalize rows")
+    ap.add_argument("--gpu-tests", default=None, help="pytest summary of the GPU suite for these commits")
+    a = ap.parse_args()
+    result = merge(a.parts)
+    if a.finalize_log:
+        result["finalize"] = parse_finalize_log(a.finalize_log)
+    if a.gpu_tests:
+        result["parts"][0]["gpu_tests"] = a.gpu_tests
+    with open(a.out + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    write_markdown(result, a.out + ".md")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    groups = sorted({(r["model"], r["weights"], r["acts"]) for r in result["rows"]})
+    cols = 4
+    rows_n = (len(groups) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.5 * cols, 3.6 * rows_n), squeeze=False)
+    for ax, g in zip(axes.flat, groups):
+        rs = sorted((r for r in result["rows"] if (r["model"], r["weights"], r["acts"]) == g), key=lambda r: r["T"])
+        Ts = [r["T"] for r in rs]
+        ax.loglog(Ts, [r["time_us"] for r in rs], "o-", label="jax_moe")
+        ax.loglog(Ts, [r["mem_floor_us"] for r in rs], "k--", label="memory floor")
+        ax.loglog(Ts, [r["compute_floor_us"] for r in rs], "k:", label="compute floor")
+        ax.loglog(Ts, [r["target_time_us"] for r in rs], "g-.", label="target")
+        if any(r.get("ragged_dot_bf16_us") for r in rs):
+            ax.loglog(Ts, [r.get("ragged_dot_bf16_us") or float("nan") for r in rs], "s-", label="ragged_dot bf16")
+        ax.set_title(" / ".join(g), fontsize=9)
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("us")
+    for ax in list(axes.flat)[len(groups):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(a.out + ".png", dpi=90)
+
+
+if __name__ == "__main__":
+    main()
