@@ -18,7 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from benchmarks import report  # noqa: E402
 
 
 def target(row: dict) -> tuple[str, float]:
@@ -88,12 +94,7 @@ def write_markdown(result: dict, path: str) -> None:
                     f"{r['target']} | {r['target_time_us']:.1f} | {'yes' if r['target_met'] else 'no'} | "
                     f"{r['time_us'] / r['target_time_us']:.2f} | {rd_cell} | {fmt(r.get('vs_ragged_dot'), 2)} | "
                     f"{fmt(r.get('reference_us'))} | {fmt(r.get('vs_reference'), 2)} |\n")
-        if result["finalize"]:
-            f.write("\n| finalize T | H | K | vectorized (us) | scalar (us) | vec / scalar | vec % of copy BW |\n"
-                    "|---|---|---|---|---|---|---|\n")
-            for r in result["finalize"]:
-                f.write(f"| {r['T']} | {r['H']} | {r['K']} | {r['vec_us']:.1f} | {r['scalar_us']:.1f} | "
-                        f"{r['vec_speedup_vs_scalar']:.2f} | {r['vec_fraction_of_copy_bw']:.0%} |\n")
+        f.write(report.finalize_table_md(result["finalize"]))
         tests = [p["gpu_tests"] for p in result["parts"] if p.get("gpu_tests")]
         if tests:
             f.write("\nGPU tests (`pytest -m gpu`, same machine): " + "; ".join(tests) + "\n")
@@ -114,35 +115,7 @@ def main() -> None:
     with open(a.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
     write_markdown(result, a.out + ".md")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
-        return
-    groups = sorted({(r["model"], r["weights"], r["acts"]) for r in result["rows"]})
-    cols = 4
-    rows_n = (len(groups) + cols - 1) // cols
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4.5 * cols, 3.6 * rows_n), squeeze=False)
-    for ax, g in zip(axes.flat, groups):
-        rs = sorted((r for r in result["rows"] if (r["model"], r["weights"], r["acts"]) == g), key=lambda r: r["T"])
-        Ts = [r["T"] for r in rs]
-        ax.loglog(Ts, [r["time_us"] for r in rs], "o-", label="jax_moe")
-        ax.loglog(Ts, [r["mem_floor_us"] for r in rs], "k--", label="memory floor")
-        ax.loglog(Ts, [r["compute_floor_us"] for r in rs], "k:", label="compute floor")
-        ax.loglog(Ts, [r["target_time_us"] for r in rs], "g-.", label="target")
-        if any(r.get("ragged_dot_bf16_us") for r in rs):
-            ax.loglog(Ts, [r.get("ragged_dot_bf16_us") or float("nan") for r in rs], "s-", label="ragged_dot bf16")
-        ax.set_title(" / ".join(g), fontsize=9)
-        ax.set_xlabel("tokens")
-        ax.set_ylabel("us")
-    for ax in list(axes.flat)[len(groups):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(a.out + ".png", dpi=90)
+    report.plot_time_vs_tokens(result["rows"], a.out + ".png")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jax_moe  # noqa: E402
-from benchmarks import peers, roofline, run_info  # noqa: E402
+from benchmarks import peers, report, roofline, run_info  # noqa: E402
 from jax_moe import formats, reference, tactics  # noqa: E402
 from jax_moe.formats import Format  # noqa: E402
 from jax_moe.models import MODELS  # noqa: E402
@@ -233,34 +233,10 @@ def write_results(a, result: dict) -> None:
                 for n, us in r["tactics_us"].items():
                     f.write(f"| {r['model']} | {r['T']} | {r['weights']} | {r['acts']} | {n} | {us:.1f} | "
                             f"{r['default_time_us'] / us:.2f}x |\n")
-        if result["finalize"]:
-            f.write("\n| finalize T | H | K | vectorized (us) | scalar (us) | vec / scalar speedup | vec % of copy BW |\n"
-                    "|---|---|---|---|---|---|---|\n")
-            for r in result["finalize"]:
-                f.write(f"| {r['T']} | {r['H']} | {r['K']} | {r['vec_us']:.1f} | {r['scalar_us']:.1f} | "
-                        f"{r['vec_speedup_vs_scalar']:.2f} | {r['vec_fraction_of_copy_bw']:.0%} |\n")
+        f.write(report.finalize_table_md(result["finalize"]))
         if result.get("gpu_tests"):
             f.write(f"\nGPU tests (`pytest -m gpu`, same machine): {result['gpu_tests']}\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install '.[bench]')")
-        return
-    groups = sorted({(r["model"], r["weights"], r["acts"]) for r in result["rows"]})
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
-    for ax, g in zip(axes[0], groups):
-        rs = sorted((r for r in result["rows"] if (r["model"], r["weights"], r["acts"]) == g), key=lambda r: r["T"])
-        Ts = [r["T"] for r in rs]
-        ax.loglog(Ts, [r["time_us"] for r in rs], "o-", label="jax_moe")
-        ax.loglog(Ts, [max(r["mem_floor_us"], r["compute_floor_us"]) for r in rs], "k--", label="floor")
-        if any(r["ragged_dot_bf16_us"] for r in rs):
-            ax.loglog(Ts, [r["ragged_dot_bf16_us"] or np.nan for r in rs], "s-", label="ragged_dot bf16")
-        ax.set_title(" / ".join(g)); ax.set_xlabel("tokens"); ax.set_ylabel("us"); ax.legend()
-    fig.tight_layout()
-    fig.savefig(a.out + ".png", dpi=100)
+    report.plot_time_vs_tokens(result["rows"], a.out + ".png")
 
 
 def main() -> None:
