@@ -2,11 +2,16 @@
 // k order (deterministic, no atomics), stored bf16.
 //
 // Vectorized kernel (after FlashInfer's finalize optimisation): one block per
-// token; the token's K permuted rows and weights are read once into shared
-// memory; each thread owns 8 columns (one 16-byte load per row) and walks k
-// in unrolled chunks of 4, 2 or 1 rows (the largest that divides K), so the
-// loads of a chunk are in flight together. With the routing weight applied
-// on the input every packed weight lane is 1 (not only the first).
+// token and group of 128 x 8 columns (grid.y splits H); the token's K
+// permuted rows and weights are read once into shared memory; each thread
+// owns 8 columns (one 16-byte load per row) and walks k in unrolled chunks of
+// 4, 2 or 1 rows (the largest that divides K), so the loads of a chunk are in
+// flight together. With the routing weight applied on the input every packed
+// weight lane is 1 (not only the first).
+// Why grid.y: with one block per token looping over H, T = 256 gave 256
+// blocks (2 per SM, ~16 KB of loads in flight per SM) and reached 10-16% of
+// the copy bandwidth on an H200 (benchmarks/NOTES.md v4); splitting H gives
+// every thread exactly one column group, and T * ceil(H / 1024) blocks.
 // Scalar kernel: one thread per output element, for grids too small to fill
 // the GPU with one block per token.
 #include "common/fp_formats.h"
@@ -19,7 +24,7 @@ namespace {
 constexpr int kVecThreads = 128;
 
 __device__ __forceinline__ void AccumulateRow(float (&acc)[8], const uint16_t* y, int row, int64_t H,
-                                              int v, float w) {
+                                              int64_t v, float w) {
   if (row < 0) return;  // expert on another device: contributes 0
   const uint4 d = *reinterpret_cast<const uint4*>(y + static_cast<int64_t>(row) * H + 8 * v);
   const uint32_t words[4] = {d.x, d.y, d.z, d.w};
@@ -43,7 +48,8 @@ __global__ void __launch_bounds__(kVecThreads)
     s_w[threadIdx.x] = weight_on_input ? 1.0f : weights[t * K + threadIdx.x];
   }
   __syncthreads();
-  for (int v = threadIdx.x; v < H / 8; v += kVecThreads) {
+  const int64_t v = static_cast<int64_t>(blockIdx.y) * kVecThreads + threadIdx.x;
+  if (v < H / 8) {
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (int k0 = 0; k0 < K; k0 += kChunk) {
 #pragma unroll
@@ -96,7 +102,7 @@ ffi::Error LaunchFinalizeKernel(const MoeProblem& p, const MoeBuffers& b, const 
         ws.y, ws.expanded_to_permuted, b.topk_weights, p.routing_weight_on_input, K, H, total, b.out);
     return LaunchError("finalize (scalar) kernel");
   }
-  const dim3 grid(static_cast<unsigned>(T));
+  const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>((H / 8 + kVecThreads - 1) / kVecThreads));
   if (K % 4 == 0)
     FinalizeVecKernel<4><<<grid, kVecThreads, 0, stream>>>(ws.y, ws.expanded_to_permuted, b.topk_weights,
                                                           p.routing_weight_on_input, K, H, b.out);
