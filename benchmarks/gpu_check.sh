@@ -3,8 +3,6 @@
 #   bash benchmarks/gpu_check.sh [steps] [-- extra pytest args for the GPU suite]
 # steps (default: build cpu gpu sanitize): any of
 #   build     pip install -e . (the extension, CUDA handlers included), ptxas report
-#   prebuilt  use a jax_moe/_ffi*.so built elsewhere for sm_90a (same Python, CUDA 13) and carried
-#             in (device tool `carry`), from the repo root on sys.path; builds if it does not import
 #   cpu       the CPU suite on the CPU backend
 #   probe     tests/cuda/wgmma_probe.cu: the wgmma layout/descriptor contract alone (seconds)
 #   gpu       pytest -m gpu
@@ -30,16 +28,6 @@ mkdir -p "$OUT"
 cat "$OUT/env.txt"
 # Results files record the commit; the device copy's git metadata can be stale.
 [ -z "${JAX_MOE_COMMIT:-}" ] && echo "warning: JAX_MOE_COMMIT is not set: results will name $(git rev-parse --short HEAD 2>/dev/null), which may be stale" >&2
-
-if has prebuilt; then
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-  if python3 -c "import jax_moe._ffi" 2> "$OUT/prebuilt.err"; then
-    echo "prebuilt extension: $(ls jax_moe/_ffi*.so)"
-  else
-    echo "prebuilt extension does not import ($(tail -1 "$OUT/prebuilt.err")): building"; rm -f jax_moe/_ffi*.so
-    STEPS+=(build)
-  fi
-fi
 
 if has build; then
   START=$(date +%s)
