@@ -58,7 +58,8 @@ nb::dict Enums() {
   out["Format"] = format;
   nb::dict family;
   for (KernelFamily f : {KernelFamily::kCpuBlocked, KernelFamily::kCudaMmaSwapAB, KernelFamily::kCudaStreamSplitK,
-                         KernelFamily::kCudaWgmmaSwapAB, KernelFamily::kCudaWgmmaWarpSpecialized})
+                         KernelFamily::kCudaWgmmaSwapAB, KernelFamily::kCudaWgmmaWarpSpecialized,
+                         KernelFamily::kCudaWgmmaWsTwoProducers})
     family[FamilyName(f)] = static_cast<int64_t>(f);
   out["KernelFamily"] = family;
   return out;

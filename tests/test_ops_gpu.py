@@ -100,7 +100,7 @@ def test_every_cuda_tactic(shape, tactic):
 
 
 _FAMILIES = {"staged": "cuda_mma_swap_ab", "stream": "cuda_stream_split_k"}
-_WGMMA_FAMILIES = ["cuda_wgmma_swap_ab", "cuda_wgmma_warp_specialized"]
+_WGMMA_FAMILIES = ["cuda_wgmma_swap_ab", "cuda_wgmma_warp_specialized", "cuda_wgmma_ws_two_producers"]
 
 
 def _family_tactics(family: str, tactic_list=None):
@@ -147,18 +147,17 @@ def test_weight_ring_tactics(tactic, H, I, wfmt, afmt):
 @pytest.mark.parametrize("wfmt,afmt", list(itertools.product((Format.NVFP4, Format.MXFP4),
                                                              (Format.BF16, Format.MXFP8, Format.NVFP4))),
                          ids=lambda v: v.name.lower())
-@pytest.mark.parametrize("tile", [64, 128])
-@pytest.mark.parametrize("family", _WGMMA_FAMILIES)
-def test_wgmma_family_every_format(family, tile, wfmt, afmt):
-    """Both wgmma families (each experimental until this passes): every
-    weight x activation format, biases and the gpt-oss activation, K tails in
-    both GEMMs (H = 1056 = 16 * 64 + 32, I = 352 = 5 * 64 + 32), feature
-    blocks of 128 with idle warps (352 and 1056 are not multiples of 128),
-    partial and several tiles per expert."""
+@pytest.mark.parametrize("tactic", [t.id for f in _WGMMA_FAMILIES for t in _family_tactics(f)],
+                         ids=[t.name for f in _WGMMA_FAMILIES for t in _family_tactics(f)])
+def test_wgmma_family_every_format(tactic, wfmt, afmt):
+    """Every tactic of the wgmma families (each family experimental until this
+    passes): every weight x activation format, biases and the gpt-oss
+    activation, K tails in both GEMMs (H = 1056 = 16 * 64 + 32, I = 352 =
+    5 * 64 + 32), feature blocks of 128 with idle warps (352 and 1056 are not
+    multiples of 128), partial and several tiles per expert."""
     case = make_case(T=300, H=1056, I=352, E=8, top_k=2, weight_format=wfmt, act_format=afmt,
                      activation=Activation.SWIGLU_OAI, biases=True)
-    tactic = next(t for t in _family_tactics(family) if t.tile_tokens == tile)
-    _check(case, tactic=tactic.id)
+    _check(case, tactic=tactic)
 
 
 @pytest.mark.parametrize("T,routing", [(1, RoutingMethod.RENORMALIZE), (700, RoutingMethod.DEEPSEEK_V3)])

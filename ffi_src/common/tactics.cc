@@ -22,8 +22,10 @@ const std::vector<Tactic>& TacticTable() {
   {#name, Platform::kCuda, KernelFamily::kCudaWgmmaSwapAB, tt, 128, 64, kc, 0},
       JAX_MOE_CUDA_WGMMA_TACTICS(JAX_MOE_CUDA_WGMMA_ROW)
 #undef JAX_MOE_CUDA_WGMMA_ROW
-#define JAX_MOE_CUDA_WGMMA_WS_ROW(name, tt, stages) \
-  {#name, Platform::kCuda, KernelFamily::kCudaWgmmaWarpSpecialized, tt, 128, 64, 64 * stages, 0},
+#define JAX_MOE_CUDA_WGMMA_WS_ROW(name, tt, stages, producers)                                               \
+  {#name, Platform::kCuda,                                                                                  \
+   producers > 1 ? KernelFamily::kCudaWgmmaWsTwoProducers : KernelFamily::kCudaWgmmaWarpSpecialized, tt, 128, \
+   64, 64 * stages, 0},
       JAX_MOE_CUDA_WGMMA_WS_TACTICS(JAX_MOE_CUDA_WGMMA_WS_ROW)
 #undef JAX_MOE_CUDA_WGMMA_WS_ROW
   };
@@ -34,9 +36,9 @@ bool IsExperimental(KernelFamily family) {
   // A family joins the default and the tuner only once `pytest -m gpu`
   // passes with it on a device. Both wgmma families did on 2026-12-01
   // (H200, tests/test_ops_gpu.py::test_wgmma_family*); a new family starts
-  // here.
-  (void)family;
-  return false;
+  // here. The two-producer rows (2026-12-01, session 7) compile for sm_90a
+  // but have not run on a GPU yet.
+  return family == KernelFamily::kCudaWgmmaWsTwoProducers;
 }
 
 const char* FamilyName(KernelFamily family) {
@@ -46,6 +48,7 @@ const char* FamilyName(KernelFamily family) {
     case KernelFamily::kCudaStreamSplitK: return "cuda_stream_split_k";
     case KernelFamily::kCudaWgmmaSwapAB: return "cuda_wgmma_swap_ab";
     case KernelFamily::kCudaWgmmaWarpSpecialized: return "cuda_wgmma_warp_specialized";
+    case KernelFamily::kCudaWgmmaWsTwoProducers: return "cuda_wgmma_ws_two_producers";
   }
   return "unknown";
 }
@@ -105,7 +108,8 @@ double HeuristicTile(const MoeProblem& p, Platform platform) {
 constexpr double kWgmmaDefaultLoad = 120.0;
 
 bool IsWgmmaFamily(KernelFamily f) {
-  return f == KernelFamily::kCudaWgmmaSwapAB || f == KernelFamily::kCudaWgmmaWarpSpecialized;
+  return f == KernelFamily::kCudaWgmmaSwapAB || f == KernelFamily::kCudaWgmmaWarpSpecialized ||
+         f == KernelFamily::kCudaWgmmaWsTwoProducers;
 }
 
 // The tile the wgmma families aim at: the load itself (no cap at 32), held

@@ -28,6 +28,9 @@ enum class KernelFamily : int64_t {
   kCudaWgmmaWarpSpecialized = 4,  // CUDA (sm_90a): wgmma m64nNk16 with both operands in
                                   // shared memory; a producer warpgroup decodes the FP4
                                   // weights once per block for the consumer warpgroups
+  kCudaWgmmaWsTwoProducers = 5,  // CUDA (sm_90a): the same kernel with two producer
+                                 // warpgroups sharing each stage's decode, registers moved
+                                 // to the consumers with setmaxnreg
 };
 
 // The CUDA rows, once: the table (tactics.cc) and the kernel instantiations
@@ -74,13 +77,15 @@ enum class KernelFamily : int64_t {
   X(cuda_wgmma_t128, 128, 128)
 
 // The warp-specialised wgmma rows (cuda/gemm_wgmma_ws.cuh), after the wgmma rows:
-//   X(name, tile_tokens, stages)
-// One block covers 128 features: a producer warpgroup decodes 64-element K
+//   X(name, tile_tokens, stages, producers)
+// One block covers 128 features: `producers` warpgroups decode 64-element K
 // stages into a ring of `stages` shared-memory buffers, tile_tokens / 64
 // consumer warpgroups (GEMM2 with 128 tokens: one of N = 128) run wgmma.
+// Rows with two producers form their own family (kCudaWgmmaWsTwoProducers).
 #define JAX_MOE_CUDA_WGMMA_WS_TACTICS(X) \
-  X(cuda_wgmma_ws_t64,   64, 4)           \
-  X(cuda_wgmma_ws_t128, 128, 4)
+  X(cuda_wgmma_ws_t64,   64, 4, 1)        \
+  X(cuda_wgmma_ws_t128, 128, 4, 1)        \
+  X(cuda_wgmma_ws2_t128, 128, 4, 2)
 // clang-format on
 
 struct Tactic {

@@ -203,6 +203,22 @@ __device__ __forceinline__ void BarrierArrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+// setmaxnreg (sm_90a): a warpgroup gives registers back to the block's pool
+// (kIncrease = false) or takes them (true), so warp-specialised roles with
+// different needs share one register file. Every warp of the warpgroup must
+// execute it; kRegs is a multiple of 8 in [24, 256].
+template <bool kIncrease, int kRegs>
+__device__ __forceinline__ void SetMaxRegisters() {
+  static_assert(kRegs % 8 == 0 && kRegs >= 24 && kRegs <= 256, "setmaxnreg: multiple of 8 in [24, 256]");
+#if JAX_MOE_HAS_WGMMA
+  if constexpr (kIncrease) {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+  } else {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+  }
+#endif
+}
+
 template <int N>
 __device__ __forceinline__ void MmaRs(float (&d)[N / 8][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                       uint64_t desc) {
