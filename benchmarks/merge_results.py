@@ -86,18 +86,17 @@ def write_markdown(result: dict, path: str) -> None:
                 "target time (us) | met | time / target | ragged_dot bf16 (us) | vs ragged_dot | reference (us) | "
                 "vs reference |\n" + "|---" * 16 + "|\n")
         for r in result["rows"]:
-            rd = r.get("ragged_dot_bf16_us")
-            rd_cell = fmt(rd) if rd else ("OOM" if r.get("ragged_dot_error", "").find("RESOURCE_EXHAUSTED") >= 0
-                                          or "Out of memory" in r.get("ragged_dot_error", "") else "-")
+            rd, err = r.get("ragged_dot_bf16_us"), r.get("ragged_dot_error", "")
+            rd_cell = fmt(rd) if rd else ("OOM" if "RESOURCE_EXHAUSTED" in err or "Out of memory" in err else "-")
             f.write(f"| {r['model']} | {r['T']} | {r['weights']} | {r['acts']} | {r['time_us']:.1f} | "
                     f"{r['tactic'].replace('cuda_', '')} | {r['mem_floor_us']:.1f} | {r['compute_floor_us']:.1f} | "
                     f"{r['target']} | {r['target_time_us']:.1f} | {'yes' if r['target_met'] else 'no'} | "
                     f"{r['time_us'] / r['target_time_us']:.2f} | {rd_cell} | {fmt(r.get('vs_ragged_dot'), 2)} | "
                     f"{fmt(r.get('reference_us'))} | {fmt(r.get('vs_reference'), 2)} |\n")
         f.write(report.finalize_table_md(result["finalize"]))
-        tests = [p["gpu_tests"] for p in result["parts"] if p.get("gpu_tests")]
+        tests = result.get("gpu_tests")
         if tests:
-            f.write("\nGPU tests (`pytest -m gpu`, same machine): " + "; ".join(tests) + "\n")
+            f.write(f"\nGPU tests (`pytest -m gpu`, same machine, commit {tests['commit']}): {tests['summary']}\n")
 
 
 def main() -> None:
@@ -105,13 +104,17 @@ def main() -> None:
     ap.add_argument("parts", nargs="+", help="benchmarks.moe result JSON files")
     ap.add_argument("--out", default="benchmarks/results/latest")
     ap.add_argument("--finalize-log", default=None, help="console log holding the finalize rows")
-    ap.add_argument("--gpu-tests", default=None, help="pytest summary of the GPU suite for these commits")
+    ap.add_argument("--gpu-tests", default=None, help="pytest summary of the GPU suite for these parts")
+    ap.add_argument("--gpu-tests-commit", default=None, help="commit the GPU suite ran at (default: part 0's)")
     a = ap.parse_args()
     result = merge(a.parts)
     if a.finalize_log:
         result["finalize"] = parse_finalize_log(a.finalize_log)
+    tests = [p["gpu_tests"] for p in result["parts"] if p.get("gpu_tests")]
     if a.gpu_tests:
-        result["parts"][0]["gpu_tests"] = a.gpu_tests
+        tests = [a.gpu_tests]
+    if tests:
+        result["gpu_tests"] = dict(commit=a.gpu_tests_commit or result["parts"][0]["commit"], summary="; ".join(tests))
     with open(a.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
     write_markdown(result, a.out + ".md")

@@ -42,8 +42,9 @@ enum class KernelFamily : int64_t {
 // (32 features each, so tile_n = 32 * warps_n); k_chunk: K elements staged in
 // shared memory at a time; weight_stages: depth of the cp.async weight ring
 // in K blocks of 128 (0: weights loaded straight into registers, one K block
-// in flight; cuda/gemm_mma.cuh). The ring rows follow the ring-less ones, so
-// a tie in the default's tile choice keeps the ring-less kernel.
+// in flight; cuda/gemm_mma.cuh). A ring row and its ring-less twin (same
+// other columns) are never both in the default's choice or among the tuning
+// candidates: RingPreferred (tactics.cc) keeps one of the two per problem.
 // clang-format off
 #define JAX_MOE_CUDA_TACTICS(X)                      \
   X(cuda_mma_t8_n128,    8,  8, 4, 512, 0)           \

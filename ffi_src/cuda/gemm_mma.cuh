@@ -28,6 +28,7 @@
 #pragma once
 
 #include "cuda/cp_async.cuh"
+#include "cuda/dynamic_smem.cuh"
 #include "cuda/gemm_common.cuh"
 
 namespace jax_moe::cuda {

@@ -42,7 +42,7 @@
 
 #include <string_view>
 
-#include "cuda/cp_async.cuh"
+#include "cuda/dynamic_smem.cuh"
 #include "cuda/gemm_common.cuh"
 #include "cuda/wgmma.cuh"
 
