@@ -11,6 +11,8 @@
 #   bench     python -m benchmarks.moe -> benchmarks/results/latest.{json,md,png} (BENCH_ARGS)
 #   tune      benchmarks/tune.py -> benchmarks/results/autotune.{json,md} (tuned vs default)
 #   profile   ncu per-kernel durations of one layer (benchmarks/profile_stages.py, PROFILE_ARGS)
+#   counters  ncu counters (DRAM, issue, occupancy, stall reasons) of the GEMM kernels of one
+#             layer (profile_stages.py, COUNTER_ARGS; COUNTER_KERNELS regex, default: the pipeline kernels)
 #   multigpu  pytest -m multigpu + benchmarks/ep.py -> benchmarks/results/ep.{json,md} (>= 2 GPUs)
 set -u
 STEPS=()
@@ -51,6 +53,23 @@ if has profile; then
   python3 benchmarks/ncu_summary.py "$OUT/ncu.csv" > "$OUT/ncu_summary.txt"
   grep jax_moe "$OUT/ncu_summary.txt" | sed 's/jax_moe:://g' | tail -40
   rm -f "$OUT/ncu.csv"  # large; the summary keeps what matters
+fi
+
+if has counters; then
+  # --metrics, not --section: the sections replay each kernel ~40 times (minutes per kernel).
+  M=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum
+  M=$M,lts__t_sector_hit_rate.pct,sm__warps_active.avg.pct_of_peak_sustained_active
+  M=$M,smsp__issue_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread
+  M=$M,launch__grid_size,launch__block_size,sm__cycles_active.avg,smsp__inst_executed.sum
+  for r in long_scoreboard barrier wait short_scoreboard no_instruction math_pipe_throttle \
+           lg_throttle mio_throttle not_selected selected dispatch_stall branch_resolving; do
+    M=$M,smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio
+  done
+  ncu --clock-control none --metrics "$M" --kernel-name "regex:${COUNTER_KERNELS:-Routing|Permute|Gemm|Finalize}" --csv \
+    python3 benchmarks/profile_stages.py ${COUNTER_ARGS:-} > "$OUT/counters.csv" 2> "$OUT/counters.err"
+  echo "ncu rc $?"; tail -3 "$OUT/counters.err"
+  python3 benchmarks/ncu_summary.py --counters "$OUT/counters.csv" > "$OUT/counters.txt"
+  cat "$OUT/counters.txt"
 fi
 
 if has probe; then

@@ -30,14 +30,19 @@ from moe_cases import random_expert_weights  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="qwen3-30b-a3b")
+    ap.add_argument("--model", default="qwen3-30b-a3b", help="model shape(s), comma-separated")
     ap.add_argument("--tokens", default="1,64")
     ap.add_argument("--weights", default="nvfp4")
     ap.add_argument("--calls", type=int, default=2)
     ap.add_argument("--tactics", default="default",
                     help="comma-separated tactic names to run each T with ('default' = the heuristic's)")
     a = ap.parse_args()
-    m = MODELS[a.model]
+    for model in a.model.split(","):
+        run_model(model, a)
+
+
+def run_model(model: str, a: argparse.Namespace) -> None:
+    m = MODELS[model]
     E, H, I = m.num_experts, m.hidden_size, m.intermediate_size
     wf = Format[a.weights.upper()]
     key = jax.random.key(0)
@@ -52,7 +57,7 @@ def main() -> None:
             f = jax.jit(lambda x, l, w13, w2: jax_moe.fp4_moe(x, l, w13, w2, **kw, tactic=tactic))
             for _ in range(1 + a.calls):
                 out = jax.block_until_ready(f(x, logits, w13, w2))
-            print(f"{a.model} T={T} tactic {name}: ran {1 + a.calls} calls, "
+            print(f"{model} T={T} tactic {name}: ran {1 + a.calls} calls, "
                   f"finite={bool(jnp.isfinite(out.astype(jnp.float32)).all())}", flush=True)
 
 
