@@ -23,6 +23,8 @@ namespace jax_moe::cuda {
 struct HandlerStats {
   int64_t calls;
   int64_t captured_calls;
+  int64_t split_k_launches;  // GEMM launches with K split across blocks
+  int64_t max_k_splits;      // the most splits any of them used
 };
 HandlerStats GetHandlerStats();
 }  // namespace jax_moe::cuda

@@ -166,7 +166,7 @@ NB_MODULE(_ffi, m) {
         const auto& table = TacticTable();
         if (id < 0 || id >= static_cast<int64_t>(table.size()))
           throw nb::value_error("tactic id out of range");
-        return static_cast<int64_t>(PlanWorkspace(ProblemFromDict(d), table[id].tile_tokens).total);
+        return static_cast<int64_t>(PlanWorkspaceFor(ProblemFromDict(d), table[id]).total);
       },
       "Bytes of the workspace output for the problem under a tactic.");
 #ifdef JAX_MOE_WITH_CUDA
@@ -177,9 +177,12 @@ NB_MODULE(_ffi, m) {
         nb::dict d;
         d["calls"] = s.calls;
         d["captured_calls"] = s.captured_calls;
+        d["split_k_launches"] = s.split_k_launches;
+        d["max_k_splits"] = s.max_k_splits;
         return d;
       },
-      "Calls of the CUDA handlers, and how many ran under CUDA-graph capture.");
+      "Calls of the CUDA handlers, how many ran under CUDA-graph capture, and the GEMM launches "
+      "that split K across blocks (with the most splits one used).");
 #endif
   nb::dict info;
 #ifdef JAX_MOE_WITH_CUDA

@@ -144,9 +144,47 @@ def test_weight_ring_tactics(tactic, H, I, wfmt, afmt):
     _check(case, tactic=tactic)
 
 
-@pytest.mark.parametrize("wfmt,afmt", list(itertools.product((Format.NVFP4, Format.MXFP4),
-                                                             (Format.BF16, Format.MXFP8, Format.NVFP4))),
-                         ids=lambda v: v.name.lower())
+_STAGED_TACTICS = _family_tactics("cuda_mma_swap_ab")
+_FORMAT_PAIRS = list(itertools.product((Format.NVFP4, Format.MXFP4), (Format.BF16, Format.MXFP8, Format.NVFP4)))
+
+
+def _split_k_stats():
+    s = _extension.module().cuda_handler_stats()
+    return s["split_k_launches"], s["max_k_splits"]
+
+
+@pytest.mark.parametrize("T", [1, 3])
+@pytest.mark.parametrize("index", range(len(_STAGED_TACTICS)), ids=[t.name for t in _STAGED_TACTICS])
+def test_split_k_at_decode_sizes(index, T):
+    """A few token tiles leave the device under-filled, so the staged rows
+    split K across blocks (cuda/split_k.cuh): GEMM1 K = 2048 (16 K blocks),
+    GEMM2 K = 1056 (a K tail in the last split). Every row, formats cycled
+    over the rows, biases and the gpt-oss activation; the handler's counters
+    prove the split path ran."""
+    wfmt, afmt = _FORMAT_PAIRS[(index + T) % len(_FORMAT_PAIRS)]
+    case = make_case(T=T, H=2048, I=1056, E=8, top_k=2, weight_format=wfmt, act_format=afmt,
+                     activation=Activation.SWIGLU_OAI, biases=True)
+    launches, _ = _split_k_stats()
+    _check(case, tactic=_STAGED_TACTICS[index].id)
+    assert _split_k_stats()[0] > launches, "no GEMM launch split K"
+
+
+def test_split_k_is_bitwise_deterministic():
+    """The last split adds the partials in split order: repeated runs agree
+    bitwise whichever split finishes last, and match the reference."""
+    case = make_case(T=2, H=4096, I=1024, E=4, top_k=2)
+    f = jax.jit(lambda *a: jax_moe.fp4_moe(*a, **case.kwargs))
+    args = (case.hidden, case.logits, case.w13, case.w2)
+    launches, _ = _split_k_stats()
+    first = np.asarray(f(*args), np.float32)
+    assert _split_k_stats()[0] > launches
+    assert _split_k_stats()[1] >= 4, "K = 4096 on a few tiles should split at least 4 ways"
+    for _ in range(5):
+        np.testing.assert_array_equal(np.asarray(f(*args), np.float32), first)
+    assert_close(first, run_op_and_reference(case)[1], rel=REL_TOL)
+
+
+@pytest.mark.parametrize("wfmt,afmt", _FORMAT_PAIRS, ids=lambda v: v.name.lower())
 @pytest.mark.parametrize("tactic", [t.id for f in _WGMMA_FAMILIES for t in _family_tactics(f)],
                          ids=[t.name for f in _WGMMA_FAMILIES for t in _family_tactics(f)])
 def test_wgmma_family_every_format(tactic, wfmt, afmt):

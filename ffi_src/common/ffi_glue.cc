@@ -181,7 +181,7 @@ ffi::Error PrepareCall(const char* target, bool routed, Platform platform, ffi::
   const std::string bad_tactic = TacticInvalidReason(p, platform, p.tactic);
   if (!bad_tactic.empty()) return ffi::Error::InvalidArgument(StrCat(target, ": ", bad_tactic));
   call->tactic = &TacticTable()[p.tactic];
-  call->layout = PlanWorkspace(p, call->tactic->tile_tokens);
+  call->layout = PlanWorkspaceFor(p, *call->tactic);
   if (call->buffers.workspace_bytes < call->layout.total)
     return ffi::Error::InvalidArgument(StrCat(target, ": workspace of ", call->buffers.workspace_bytes,
                                               " bytes, need ", call->layout.total));

@@ -50,9 +50,10 @@ std::string ValidateProblem(const MoeProblem& p) {
   return err;
 }
 
-WorkspaceLayout PlanWorkspace(const MoeProblem& p, int64_t tile) {
+WorkspaceLayout PlanWorkspace(const MoeProblem& p, int64_t tile, int64_t split_k_limit) {
   WorkspaceLayout w;
   w.tile = tile;
+  w.split_k_limit = split_k_limit > 1 ? split_k_limit : 1;
   w.max_tiles = MaxTiles(p, tile);
   w.max_rows = w.max_tiles * tile;
   const int64_t I = p.intermediate_size;
@@ -85,6 +86,13 @@ WorkspaceLayout PlanWorkspace(const MoeProblem& p, int64_t tile) {
   w.h = region(static_cast<size_t>(w.max_rows * w.h_row_bytes));
   w.h_scale = region(static_cast<size_t>(w.max_rows * w.h_scale_row_bytes));
   w.y = region(p.do_finalize ? static_cast<size_t>(w.max_rows * p.hidden_size * 2) : 0);
+  if (w.split_k_limit > 1) {
+    // One ticket per (tile, group of 32 features): enough for any feature block width.
+    const int64_t widest = p.hidden_size > p.intermediate_size ? p.hidden_size : p.intermediate_size;
+    w.num_tickets = w.max_tiles * ((widest + 31) / 32);
+    w.partials = region(sizeof(float) * static_cast<size_t>(w.split_k_limit * w.max_rows * SplitKPartialColumns(p)));
+    w.tickets = region(i32 * static_cast<size_t>(w.num_tickets));
+  }
   w.total = at;
   return w;
 }

@@ -67,9 +67,28 @@ struct WorkspaceLayout {
   size_t h = 0;                  // [max_rows, h_row_bytes]
   size_t h_scale = 0;            // [max_rows, h_scale_row_bytes]
   size_t y = 0;                  // bf16 [max_rows, H] (only when do_finalize)
+  // Split-K across blocks (staged CUDA family; split_k_limit > 1 only): fp32
+  // partial sums of every split of a block's tile, and one ticket per
+  // (feature block, tile) that the last split to finish takes. Both GEMMs
+  // share them (one after the other); the tickets are zeroed by the permute
+  // stage of every call and left zero by the GEMMs.
+  int64_t split_k_limit = 1;
+  int64_t num_tickets = 0;
+  size_t partials = 0;           // fp32 [split_k_limit, max_rows, SplitKPartialColumns(p)]
+  size_t tickets = 0;            // int32 [num_tickets]
   size_t total = 0;
 };
 
-WorkspaceLayout PlanWorkspace(const MoeProblem& p, int64_t tile);
+// Columns of one split's partial sums per token row: GEMM1's gate + up
+// features or GEMM2's outputs, each rounded up to whole feature blocks (of at
+// most 256 features).
+inline int64_t SplitKPartialColumns(const MoeProblem& p) {
+  const int64_t g1 = 2 * (p.intermediate_size + 256), g2 = p.hidden_size + 256;
+  return g1 > g2 ? g1 : g2;
+}
+
+// `split_k_limit`: the most K splits a GEMM of the call's tactic may launch
+// (SplitKLimit in tactics.h; 1 = none).
+WorkspaceLayout PlanWorkspace(const MoeProblem& p, int64_t tile, int64_t split_k_limit = 1);
 
 }  // namespace jax_moe

@@ -60,12 +60,17 @@ int64_t FirstCudaTactic() {
   return static_cast<int64_t>(table.size());
 }
 
+// Bumped whenever a kernel changes how fast a row runs without changing the
+// row (e.g. split-K launches): tuned caches from before are then ignored.
+constexpr const char* kKernelRevision = "2026-12-01 split-k";
+
 uint64_t TacticTableHash() {
   uint64_t h = 1469598103934665603ull;
   auto mix = [&h](const std::string& s) {
     for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
     h = (h ^ 0xff) * 1099511628211ull;
   };
+  mix(kKernelRevision);
   for (const Tactic& t : TacticTable()) {
     mix(StrCat(t.name, '|', static_cast<int64_t>(t.platform), '|', static_cast<int64_t>(t.family),
                '|', t.tile_tokens, '|', t.tile_n, '|', t.tokens_per_warp, '|', t.k_chunk, '|', t.weight_stages));
@@ -83,6 +88,23 @@ std::string TacticInvalidReason(const MoeProblem& p, Platform platform, int64_t 
   (void)p;  // Every tactic runs every supported problem: the kernels guard
             // partial tiles along tokens, features and K.
   return "";
+}
+
+namespace {
+constexpr int64_t kMaxSplitK = 8;
+constexpr int64_t kSplitKBudgetBytes = int64_t{64} << 20;  // fp32 partials of all splits
+}  // namespace
+
+int64_t SplitKLimit(const MoeProblem& p, const Tactic& t) {
+  if (t.family != KernelFamily::kCudaMmaSwapAB) return 1;
+  const int64_t per_split = static_cast<int64_t>(sizeof(float)) * MaxTiles(p, t.tile_tokens) * t.tile_tokens *
+                            SplitKPartialColumns(p);
+  const int64_t fit = per_split > 0 ? kSplitKBudgetBytes / per_split : 1;
+  return fit < 1 ? 1 : (fit > kMaxSplitK ? kMaxSplitK : fit);
+}
+
+WorkspaceLayout PlanWorkspaceFor(const MoeProblem& p, const Tactic& t) {
+  return PlanWorkspace(p, t.tile_tokens, SplitKLimit(p, t));
 }
 
 namespace {

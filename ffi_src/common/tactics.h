@@ -126,6 +126,17 @@ std::string TacticInvalidReason(const MoeProblem& p, Platform platform, int64_t 
 // staged family (the measured faster one; the autotuner weighs both).
 int64_t DefaultTactic(const MoeProblem& p, Platform platform);
 
+// The most K splits a GEMM of tactic `t` may run `p` with (1 = none). Only
+// the staged family splits K across blocks (cuda/gemm_mma.cuh); how many
+// splits it launches, up to this, is chosen from the grid's fill of the
+// device (cuda/split_k.cuh). Capped so the fp32 partial sums stay within a
+// fixed workspace budget: at decode sizes (a few tiles) the full limit, at
+// prefill sizes 1, so large T pays no workspace for it.
+int64_t SplitKLimit(const MoeProblem& p, const Tactic& t);
+
+// The workspace layout a call of `p` under tactic `t` uses.
+WorkspaceLayout PlanWorkspaceFor(const MoeProblem& p, const Tactic& t);
+
 // The tactics the autotuner times for `p`: the default first, then the valid,
 // non-experimental tactics the pruning rule (tactics.cc) keeps, or every one
 // of those when `exhaustive`. Empty only if the platform has no tactic at all.

@@ -19,6 +19,8 @@ struct Workspace {
   uint8_t* h;
   uint8_t* h_scale;
   uint16_t* y;  // bf16 bits
+  float* partials;   // split-K partial sums (null without split-K)
+  int32_t* tickets;  // split-K tickets (null without split-K)
 };
 
 // Pointer arithmetic only (never dereferences): valid for host or device memory.
@@ -33,7 +35,9 @@ inline Workspace ViewWorkspace(const WorkspaceLayout& l, uint8_t* base) {
                    i32(l.num_tiles),
                    base + l.h,
                    base + l.h_scale,
-                   reinterpret_cast<uint16_t*>(base + l.y)};
+                   reinterpret_cast<uint16_t*>(base + l.y),
+                   l.split_k_limit > 1 ? reinterpret_cast<float*>(base + l.partials) : nullptr,
+                   l.split_k_limit > 1 ? i32(l.tickets) : nullptr};
 }
 
 }  // namespace jax_moe

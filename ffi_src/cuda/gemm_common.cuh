@@ -58,6 +58,11 @@ struct GemmArgs {
   // GEMM2 output: bf16 rows, permuted (y) or by expanded index (per-(t,k) out).
   uint16_t* y;
   bool y_by_expanded;
+  // Split-K across blocks (cuda/split_k.cuh): at most split_k_limit splits
+  // (1: never), their fp32 partials and the zeroed per-block tickets.
+  int split_k_limit;
+  float* partials;
+  int32_t* tickets;
 };
 
 namespace gemm_detail {

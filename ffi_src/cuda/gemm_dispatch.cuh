@@ -62,6 +62,9 @@ inline GemmArgs CommonGemmArgs(const MoeProblem& p, const MoeBuffers& b, const W
   a.topk_weights = b.topk_weights;
   a.weight_on_input = p.routing_weight_on_input;
   a.activation = p.activation;
+  a.split_k_limit = static_cast<int>(ws.layout.split_k_limit);
+  a.partials = ws.partials;
+  a.tickets = ws.tickets;
   return a;
 }
 

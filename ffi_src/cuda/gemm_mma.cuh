@@ -25,11 +25,17 @@
 // them back itself, so WS - 1 blocks of weights are in flight while it
 // decodes, at no register cost. A thread reads only what it copied: the
 // per-thread cp.async groups order it, no barrier is needed.
+//
+// Split-K (grid.z > 1, cuda/split_k.cuh): when the tiles x feature blocks
+// grid leaves the device under-filled (decode), block z runs only its share
+// of the K blocks and the last split of each block combines the partial
+// sums before the epilogue.
 #pragma once
 
 #include "cuda/cp_async.cuh"
 #include "cuda/dynamic_smem.cuh"
 #include "cuda/gemm_common.cuh"
+#include "cuda/split_k.cuh"
 
 namespace jax_moe::cuda {
 
@@ -81,6 +87,9 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   const int64_t k_bytes = a.k_dim / 2;
   const int64_t scale_cols = a.k_dim / BlockSize(WF);
   const bool aligned16 = (k_bytes % 16) == 0, scale_pairs = (scale_cols % 2) == 0;
+  // This block's K range: whole K blocks of 128, split z of gridDim.z.
+  const KSplit split = KBlocksOfSplit((a.k_dim + kKBlock - 1) / kKBlock, blockIdx.z, gridDim.z);
+  const int k_begin = split.first * kKBlock, k_end = min(split.end * kKBlock, a.k_dim);
   const uint8_t* wrow[kMT][2];
   const uint8_t* srow[kMT][2];  // the rows' block scales (scale_cols bytes each)
   bool mt_valid[kMT];
@@ -108,13 +117,13 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   constexpr int kRing = WS > 0 ? WS : 1;  // (the ring-less kernel never touches it)
   uint32_t* const ring_scales = reinterpret_cast<uint32_t*>(ring_smem + kRing * kMT * 2 * kThreads);
   auto ring_slot = [&](int kbi, int mt, int r) { return (((kbi % kRing) * kMT + mt) * 2 + r) * kThreads + threadIdx.x; };
-  const int num_kb = (a.k_dim + kKBlock - 1) / kKBlock;
+  const int num_kb = split.end - split.first;  // this split's K blocks; kbi counts from k_begin
   // Copies K block kbi's quads into its slots. RingFits makes K a multiple
   // of 32, so a quad is wholly inside or wholly past K; past K nothing is
   // read and the slot is zero-filled. The scale word is the aligned 4 bytes
   // holding the quad's scale byte(s), read no further than its row's end.
   auto ring_issue = [&](int kbi) {
-    const int k = kbi * kKBlock + 32 * q;
+    const int k = k_begin + kbi * kKBlock + 32 * q;
     const bool valid = k < a.k_dim;
     const int code_bytes = valid ? 16 : 0;
 #pragma unroll
@@ -139,9 +148,9 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
         CpAsyncCommit();  // empty groups too: the wait below counts groups
       }
   }
-  int kbi = 0;  // K block index, across chunks
+  int kbi = 0;  // K block index within this split, across chunks
 
-  for (int k0 = 0; k0 < a.k_dim; k0 += KC) {
+  for (int k0 = k_begin; k0 < k_end; k0 += KC) {
     __syncthreads();  // the previous chunk is consumed; s_expanded is visible
     // Stage activations [TT tokens x KC] as bf16 in MMA order (zeros past K
     // and for padding rows, so no garbage can reach an accumulator).
@@ -149,7 +158,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
       const int row = it / (KC / 8), grp = it % (KC / 8), k = k0 + 8 * grp;
       const int ex = s_expanded[row];
       uint4 v = make_uint4(0, 0, 0, 0);
-      if (ex >= 0 && k < a.k_dim) {
+      if (ex >= 0 && k < k_end) {
         const int64_t src = a.gather_tokens ? ex / a.top_k : static_cast<int64_t>(tile) * TT + row;
         v = LoadActivationGroup(a, src, k);
       }
@@ -157,7 +166,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
     }
     __syncthreads();
     if (!warp_active) continue;
-    const int kend = min(k0 + KC, a.k_dim);
+    const int kend = min(k0 + KC, k_end);
     for (int kb = k0; kb < kend; kb += kKBlock, ++kbi) {
       const int k = kb + 32 * q;
       WeightQuad wq[kMT][2];
@@ -213,26 +222,35 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
       }
     }
   }
+  if (gridDim.z > 1 && !CombineKSplits<kMT, kNT>(a, acc, warp_active)) return;
   if (!warp_active) return;
 
   GemmEpilogue<kMT, kNT, WF, ST>(a, acc, mt_valid, s_expanded, wt * TW, static_cast<int64_t>(tile) * TT,
                                  feat0, expert);
 }
 
-// Grid: x = token tiles (worst case from static shapes), y = feature blocks.
+// Grid: x = token tiles (worst case from static shapes), y = feature blocks,
+// z = K splits (ChooseKSplits, up to a.split_k_limit).
 template <int TT, int TW, int WN, int KC, int WS, Format WF, GemmStage ST>
 cudaError_t LaunchMmaSwapAbGemm(const GemmArgs& a, int64_t max_tiles, cudaStream_t stream) {
   constexpr int kThreads = 32 * (TT / TW) * WN;
-  const dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>((a.n_dim + 32 * WN - 1) / (32 * WN)));
+  constexpr auto kKernel = MmaSwapAbGemmKernel<TT, TW, WN, KC, WS, WF, ST>;
+  dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>((a.n_dim + 32 * WN - 1) / (32 * WN)));
   int smem = 0;
   if constexpr (WS > 0) {
     if (!gemm_mma_detail::RingFits(a)) return LaunchMmaSwapAbGemm<TT, TW, WN, KC, 0, WF, ST>(a, max_tiles, stream);
     smem = gemm_mma_detail::RingSmemBytes<TT, TW, WN, WS, ST>();
-    if (const cudaError_t e = EnsureDynamicSmem<MmaSwapAbGemmKernel<TT, TW, WN, KC, WS, WF, ST>>(smem);
-        e != cudaSuccess)
-      return e;
+    if (const cudaError_t e = EnsureDynamicSmem<kKernel>(smem); e != cudaSuccess) return e;
   }
-  MmaSwapAbGemmKernel<TT, TW, WN, KC, WS, WF, ST><<<grid, kThreads, smem, stream>>>(a);
+  if (const int limit = MaxKSplitsFromEnv(a.split_k_limit); limit > 1) {
+    int resident = 0;
+    if (const cudaError_t e = ResidentBlocks<kKernel>(kThreads, smem, &resident); e != cudaSuccess) return e;
+    const int num_kb = (a.k_dim + gemm_detail::kKBlock - 1) / gemm_detail::kKBlock;
+    grid.z = static_cast<unsigned>(
+        ChooseKSplits(static_cast<int64_t>(grid.x) * grid.y, resident, limit, num_kb));
+    if (grid.z > 1) NoteKSplits(static_cast<int>(grid.z));
+  }
+  kKernel<<<grid, kThreads, smem, stream>>>(a);
   return cudaGetLastError();
 }
 

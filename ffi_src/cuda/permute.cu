@@ -1,6 +1,7 @@
 // Stage 2 (CUDA): group the (token, k) pairs by local expert in one block:
 // count (shared-memory atomics) -> scan of per-expert tile counts -> tile
-// offsets, tile -> expert map and the live tile count -> scatter. A pair's
+// offsets, tile -> expert map and the live tile count -> scatter; it also
+// zeroes the GEMMs' split-K tickets. A pair's
 // slot inside its expert comes from an atomic, so the permuted order varies
 // run to run; the outputs do not, because every output row depends only on
 // its own token and expert (no cross-row reduction anywhere).
@@ -23,6 +24,8 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int e = tid; e < num_local; e += kThreads) s_count[e] = s_cursor[e] = 0;
   for (int64_t r = tid; r < max_rows; r += kThreads) ws.permuted_to_expanded[r] = -1;
+  // The GEMMs' split-K tickets start every call at zero (they leave them zero).
+  for (int64_t i = tid; i < ws.layout.num_tickets; i += kThreads) ws.tickets[i] = 0;
   __syncthreads();
   for (int64_t ex = tid; ex < num_expanded; ex += kThreads) {
     const int e = ids[ex] - local_offset;

@@ -91,7 +91,7 @@ int RunOne(const Run& r) {
   const std::string invalid = ValidateProblem(p) + TacticInvalidReason(p, Platform::kCuda, r.tactic);
   if (!invalid.empty()) { std::printf("invalid run: %s\n", invalid.c_str()); return 1; }
   const Tactic& tactic = TacticTable()[r.tactic];
-  const WorkspaceLayout layout = PlanWorkspace(p, tactic.tile_tokens);
+  const WorkspaceLayout layout = PlanWorkspaceFor(p, tactic);
   const int64_t T = r.T, H = r.H, I = r.I, El = r.El, K = r.K, E = r.E;
   const int wb = BlockSize(r.wf), ab = BlockSize(r.af);
   const bool w_nv = r.wf == Format::kNVFP4;
