@@ -11,8 +11,10 @@
 #   bench     python -m benchmarks.moe -> benchmarks/results/latest.{json,md,png} (BENCH_ARGS)
 #   tune      benchmarks/tune.py -> benchmarks/results/autotune.{json,md} (tuned vs default)
 #   profile   ncu per-kernel durations of one layer (benchmarks/profile_stages.py, PROFILE_ARGS)
-#   counters  ncu counters (DRAM, issue, occupancy, stall reasons) of the GEMM kernels of one
-#             layer (profile_stages.py, COUNTER_ARGS; COUNTER_KERNELS regex, default: the pipeline kernels)
+#   timer     benchmarks/stage_timer.cu (JAX-free per-stage device times, TIMER_ARGS), once per
+#             split-K cap in TIMER_CAPS (JAX_MOE_MAX_K_SPLITS; default "8 1": with and without)
+#   counters  ncu counters (DRAM, issue, occupancy, stall reasons) of the pipeline's kernels, run
+#             on stage_timer (COUNTER_ARGS: its options; COUNTER_KERNELS: a kernel-name regex)
 #   multigpu  pytest -m multigpu + benchmarks/ep.py -> benchmarks/results/ep.{json,md} (>= 2 GPUs)
 set -u
 STEPS=()
@@ -55,6 +57,28 @@ if has profile; then
   rm -f "$OUT/ncu.csv"  # large; the summary keeps what matters
 fi
 
+if has timer || has counters; then
+  INC=$(python3 -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('jaxlib').origin).parent / 'include')")
+  START=$(date +%s)
+  mkdir -p /tmp/timer_obj
+  for f in benchmarks/stage_timer.cu ffi_src/cuda/{routing,permute,gemm1,gemm2,finalize}.cu ffi_src/common/{problem,tactics}.cc; do
+    nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -DJAX_MOE_CUDA_ARCH='"sm_90a"' -isystem "$INC" -Iffi_src \
+      -x cu -c "$f" -o "/tmp/timer_obj/$(basename "$f").o" > "/tmp/timer_obj/$(basename "$f").log" 2>&1 &
+  done
+  wait
+  nvcc -arch=sm_90a /tmp/timer_obj/*.o -o /tmp/stage_timer > "$OUT/timer_build.log" 2>&1 \
+    || { cat /tmp/timer_obj/*.log | grep -i error | head -20; tail -20 "$OUT/timer_build.log"; exit 1; }
+  echo "stage_timer build: $(( $(date +%s) - START )) s"
+fi
+
+if has timer; then
+  : > "$OUT/timer.txt"
+  for cap in ${TIMER_CAPS:-8 1}; do
+    JAX_MOE_MAX_K_SPLITS=$cap /tmp/stage_timer ${TIMER_ARGS:-} >> "$OUT/timer.txt" 2>&1
+  done
+  cat "$OUT/timer.txt"
+fi
+
 if has counters; then
   # --metrics, not --section: the sections replay each kernel ~40 times (minutes per kernel).
   M=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum
@@ -65,10 +89,11 @@ if has counters; then
            lg_throttle mio_throttle not_selected selected dispatch_stall branch_resolving; do
     M=$M,smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio
   done
+  # The JAX-free stage timer (ncu segfaults on JAX processes about one run in three).
   ncu --clock-control none --metrics "$M" --kernel-name "regex:${COUNTER_KERNELS:-Routing|Permute|Gemm|Finalize}" --csv \
-    python3 benchmarks/profile_stages.py ${COUNTER_ARGS:-} > "$OUT/counters.csv" 2> "$OUT/counters.err"
+    /tmp/stage_timer ${COUNTER_ARGS:---tokens 1 --reps 1} > "$OUT/counters.csv" 2> "$OUT/counters.err"
   echo "ncu rc $?"; tail -3 "$OUT/counters.err"
-  python3 benchmarks/ncu_summary.py --counters "$OUT/counters.csv" > "$OUT/counters.txt"
+  python3 benchmarks/ncu_summary.py --counters "$OUT/counters.csv" > "$OUT/counters.txt"; gzip -f "$OUT/counters.csv"
   cat "$OUT/counters.txt"
 fi
 

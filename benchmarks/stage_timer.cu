@@ -1,0 +1,261 @@
+// Per-stage device times of the CUDA pipeline, without JAX: the model shapes
+// of DESIGN.md section 8 on random device-filled data, each stage bracketed
+// by CUDA events, L2 flushed (a 256 MiB write) before every repetition so the
+// weights come from HBM as they do in a model, median of --reps. Also the
+// pipeline alone (events only around all five stages), which is what the
+// layer costs on the device. ncu works on this binary (it does not on JAX
+// processes reliably), so it is also the profiling driver.
+//
+//   nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -isystem <jaxlib>/include -Iffi_src \
+//     benchmarks/stage_timer.cu ffi_src/cuda/{routing,permute,gemm1,gemm2,finalize}.cu \
+//     ffi_src/common/{problem,tactics}.cc -o stage_timer
+//   ./stage_timer [--models a,b] [--tokens 1,8] [--tactics default,name] [--weights nvfp4] [--reps 30]
+//
+// JAX_MOE_MAX_K_SPLITS applies as in the op (the staged family's split-K).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/ffi_glue.h"
+#include "common/problem.h"
+#include "common/tactics.h"
+#include "common/workspace.h"
+#include "cuda/split_k.cuh"
+#include "cuda/stages.cuh"
+
+using namespace jax_moe;
+
+namespace {
+
+#define CHECK_CUDA(x)                                                                      \
+  do {                                                                                     \
+    cudaError_t e_ = (x);                                                                  \
+    if (e_ != cudaSuccess) {                                                               \
+      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
+      std::exit(2);                                                                        \
+    }                                                                                      \
+  } while (0)
+
+struct Model {
+  const char* name;
+  int64_t E, K, H, I;
+  RoutingMethod method;
+  Activation activation;
+  bool biases;
+};
+const Model kModels[] = {
+    {"qwen3-30b-a3b", 128, 8, 2048, 768, RoutingMethod::kRENORMALIZE, Activation::kSWIGLU, false},
+    {"gpt-oss-120b", 128, 4, 2880, 2880, RoutingMethod::kRENORMALIZE, Activation::kSWIGLU_OAI, true},
+    {"deepseek-v3", 256, 8, 7168, 2048, RoutingMethod::kDEEPSEEK_V3, Activation::kSWIGLU, false},
+    {"mixtral-8x7b", 8, 2, 4096, 14336, RoutingMethod::kRENORMALIZE, Activation::kSWIGLU, false},
+};
+
+// Hash-based fills (device side: gigabytes of weights in milliseconds).
+__device__ uint32_t Mix(uint64_t i, uint32_t seed) {
+  uint64_t z = i * 0x9e3779b97f4a7c15ull + seed;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return static_cast<uint32_t>(z ^ (z >> 31));
+}
+__global__ void FillBytes(uint8_t* p, size_t n, uint32_t seed, int lo, int hi) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x)
+    p[i] = static_cast<uint8_t>(lo + Mix(i, seed) % static_cast<uint32_t>(hi - lo + 1));
+}
+__global__ void FillFloats(float* p, size_t n, uint32_t seed, float scale) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x)
+    p[i] = scale * (static_cast<float>(Mix(i, seed) >> 8) * 0x1p-23f - 1.0f);
+}
+__global__ void FillBf16(uint16_t* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x) {
+    const float v = 2.0f * (static_cast<float>(Mix(i, seed) >> 8) * 0x1p-23f - 1.0f);
+    p[i] = static_cast<uint16_t>(__float_as_uint(v) >> 16);
+  }
+}
+
+std::vector<void*> g_allocs;
+template <typename T>
+T* Alloc(size_t n) {
+  void* d = nullptr;
+  CHECK_CUDA(cudaMalloc(&d, n * sizeof(T) + 16));
+  g_allocs.push_back(d);
+  return static_cast<T*>(d);
+}
+uint32_t g_seed = 1;
+uint8_t* RandomBytes(size_t n, int lo, int hi) {
+  uint8_t* d = Alloc<uint8_t>(n);
+  FillBytes<<<1024, 256>>>(d, n, g_seed++, lo, hi);
+  return d;
+}
+float* RandomFloats(size_t n, float scale) {
+  float* d = Alloc<float>(n);
+  FillFloats<<<1024, 256>>>(d, n, g_seed++, scale);
+  return d;
+}
+float* Constant(size_t n, float v) {
+  std::vector<float> h(n, v);
+  float* d = Alloc<float>(n);
+  CHECK_CUDA(cudaMemcpy(d, h.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+  return d;
+}
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+double Median(std::vector<float> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : 1e3 * v[v.size() / 2];  // ms -> us
+}
+
+int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf, int reps, uint8_t* flush,
+            size_t flush_bytes) {
+  MoeProblem p;
+  p.num_tokens = T; p.hidden_size = m.H; p.intermediate_size = m.I;
+  p.num_local_experts = m.E; p.local_expert_offset = 0;
+  p.weight_format = wf; p.act_format = Format::kBF16;
+  const bool ds = m.method == RoutingMethod::kDEEPSEEK_V3;
+  p.routing = RoutingParams{m.method, static_cast<int>(m.E), static_cast<int>(m.K), ds ? 8 : 0, ds ? 4 : 0,
+                            ds ? 2.5f : 1.0f};
+  p.activation = ActivationParams{m.activation, 1.702f, 1.0f, 7.0f};
+  p.has_b13 = p.has_b2 = m.biases;
+  p.has_routing_bias = ds;
+  p.per_expert_w13_global = p.per_expert_w2_global = true;
+  p.do_finalize = true;
+  p.tactic = DefaultTactic(p, Platform::kCuda);
+  if (tactic_name != "default") {
+    p.tactic = -1;
+    for (size_t i = 0; i < TacticTable().size(); ++i)
+      if (tactic_name == TacticTable()[i].name) p.tactic = static_cast<int64_t>(i);
+    if (p.tactic < 0) { std::printf("unknown tactic %s\n", tactic_name.c_str()); return 1; }
+  }
+  const std::string invalid = ValidateProblem(p) + TacticInvalidReason(p, Platform::kCuda, p.tactic);
+  if (!invalid.empty()) { std::printf("invalid: %s\n", invalid.c_str()); return 1; }
+  const Tactic& tactic = TacticTable()[p.tactic];
+  const WorkspaceLayout layout = PlanWorkspaceFor(p, tactic);
+  const int64_t H = m.H, I = m.I, E = m.E;
+  const int wb = BlockSize(wf);
+  const bool nv = wf == Format::kNVFP4;
+  MoeBuffers b{};
+  uint16_t* x = Alloc<uint16_t>(T * H);
+  FillBf16<<<1024, 256>>>(x, T * H, g_seed++);
+  b.hidden = x;
+  b.hidden_global = Constant(1, 1.0f);
+  b.logits = RandomFloats(T * E, 4.0f);
+  if (ds) b.routing_bias = RandomFloats(E, 0.1f);
+  auto scales = [&](size_t n) { return nv ? RandomBytes(n, 0x28, 0x38) : RandomBytes(n, 118, 124); };
+  b.w13 = RandomBytes(E * 2 * I * H / 2, 0, 255);
+  b.w13_scale = scales(E * 2 * I * H / wb);
+  b.w13_global = Constant(E, nv ? 2.0f : 1.0f);
+  b.w2 = RandomBytes(E * H * I / 2, 0, 255);
+  b.w2_scale = scales(E * H * I / wb);
+  b.w2_global = Constant(E, nv ? 2.0f : 1.0f);
+  if (m.biases) {
+    b.b13 = RandomFloats(E * 2 * I, 0.1f);
+    b.b2 = RandomFloats(E * H, 0.1f);
+  }
+  b.h_global = Constant(1, 50.0f);
+  b.out = Alloc<uint16_t>(T * H);
+  b.topk_ids = Alloc<int32_t>(T * m.K);
+  b.topk_weights = Alloc<float>(T * m.K);
+  b.workspace = Alloc<uint8_t>(layout.total);
+  b.workspace_bytes = layout.total;
+  const Workspace ws = ViewWorkspace(layout, b.workspace);
+  CHECK_CUDA(cudaDeviceSynchronize());
+
+  cudaStream_t s;
+  CHECK_CUDA(cudaStreamCreate(&s));
+  cudaEvent_t ev[6];
+  for (auto& e : ev) CHECK_CUDA(cudaEventCreate(&e));
+  const char* names[5] = {"routing", "permute", "gemm1", "gemm2", "finalize"};
+  auto stage = [&](int i) -> ffi::Error {
+    switch (i) {
+      case 0: return cuda::LaunchRouting(p, b, s);
+      case 1: return cuda::LaunchPermute(p, b.topk_ids, ws, s);
+      case 2: return cuda::LaunchGemm1(p, b, ws, p.tactic, s);
+      case 3: return cuda::LaunchGemm2(p, b, ws, p.tactic, s);
+      default: return cuda::LaunchFinalize(p, b, ws, s);
+    }
+  };
+  std::vector<float> per[5], whole;
+  cuda::g_max_k_splits.store(1);
+  for (int rep = -2; rep < reps; ++rep) {  // two warm-ups
+    for (int pass = 0; pass < 2; ++pass) {  // pass 0: events between stages; pass 1: around the pipeline
+      CHECK_CUDA(cudaMemsetAsync(flush, rep & 0xff, flush_bytes, s));
+      CHECK_CUDA(cudaEventRecord(ev[0], s));
+      for (int i = 0; i < 5; ++i) {
+        const ffi::Error err = stage(i);
+        if (err.failure()) { std::printf("%s failed: %s\n", names[i], err.message().c_str()); return 1; }
+        if (pass == 0 || i == 4) CHECK_CUDA(cudaEventRecord(ev[pass == 0 ? i + 1 : 5], s));
+      }
+      CHECK_CUDA(cudaEventSynchronize(ev[5]));
+      if (rep < 0) continue;
+      float ms = 0;
+      if (pass == 0) {
+        for (int i = 0; i < 5; ++i) {
+          CHECK_CUDA(cudaEventElapsedTime(&ms, ev[i], ev[i + 1]));
+          per[i].push_back(ms);
+        }
+      } else {
+        CHECK_CUDA(cudaEventElapsedTime(&ms, ev[0], ev[5]));
+        whole.push_back(ms);
+      }
+    }
+  }
+  std::printf("%-14s %s T=%-6lld %-22s splits<=%d pipeline %9.1f us |", m.name, nv ? "nvfp4" : "mxfp4",
+              static_cast<long long>(T), tactic.name, cuda::g_max_k_splits.load(), Median(whole));
+  for (int i = 0; i < 5; ++i) std::printf(" %s %8.1f", names[i], Median(per[i]));
+  std::printf("\n");
+  std::fflush(stdout);
+  for (auto& e : ev) CHECK_CUDA(cudaEventDestroy(e));
+  CHECK_CUDA(cudaStreamDestroy(s));
+  for (void* d : g_allocs) CHECK_CUDA(cudaFree(d));
+  g_allocs.clear();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string models = "qwen3-30b-a3b,gpt-oss-120b,deepseek-v3,mixtral-8x7b", tokens = "1,8,64",
+              tactics = "default", weights = "nvfp4";
+  int reps = 30;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--models") models = v;
+    else if (k == "--tokens") tokens = v;
+    else if (k == "--tactics") tactics = v;
+    else if (k == "--weights") weights = v;
+    else if (k == "--reps") reps = std::atoi(v.c_str());
+    else { std::printf("unknown option %s\n", k.c_str()); return 1; }
+  }
+  const size_t flush_bytes = size_t{256} << 20;
+  uint8_t* flush = nullptr;
+  CHECK_CUDA(cudaMalloc(&flush, flush_bytes));
+  const char* cap = std::getenv("JAX_MOE_MAX_K_SPLITS");
+  std::printf("stage_timer: median of %d, L2 flushed before each, JAX_MOE_MAX_K_SPLITS=%s\n", reps,
+              cap ? cap : "(unset)");
+  int failures = 0;
+  for (const std::string& w : Split(weights))
+    for (const std::string& name : Split(models)) {
+      const Model* m = nullptr;
+      for (const Model& c : kModels)
+        if (name == c.name) m = &c;
+      if (m == nullptr) { std::printf("unknown model %s\n", name.c_str()); return 1; }
+      for (const std::string& t : Split(tokens))
+        for (const std::string& tac : Split(tactics))
+          failures += TimeOne(*m, std::atoll(t.c_str()), tac, w == "mxfp4" ? Format::kMXFP4 : Format::kNVFP4,
+                              reps, flush, flush_bytes);
+    }
+  CHECK_CUDA(cudaFree(flush));
+  return failures ? 1 : 0;
+}
