@@ -11,6 +11,7 @@
 #   bench     python -m benchmarks.moe -> benchmarks/results/latest.{json,md,png} (BENCH_ARGS)
 #   tune      benchmarks/tune.py -> benchmarks/results/autotune.{json,md} (tuned vs default)
 #   profile   ncu per-kernel durations of one layer (benchmarks/profile_stages.py, PROFILE_ARGS)
+#   timerbuild  build benchmarks/stage_timer.cu alone (timer and counters build it when missing)
 #   timer     benchmarks/stage_timer.cu (JAX-free per-stage device times, TIMER_ARGS), once per
 #             split-K cap in TIMER_CAPS (JAX_MOE_MAX_K_SPLITS; default "8 1": with and without)
 #   counters  ncu counters (DRAM, issue, occupancy, stall reasons) of the pipeline's kernels, run
@@ -57,7 +58,8 @@ if has profile; then
   rm -f "$OUT/ncu.csv"  # large; the summary keeps what matters
 fi
 
-if has timer || has counters; then
+# The timer binary is built once per machine ('timerbuild' alone builds it, e.g. next to 'build').
+if { has timer || has counters || has timerbuild; } && [ ! -x /tmp/stage_timer ]; then
   INC=$(python3 -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('jaxlib').origin).parent / 'include')")
   START=$(date +%s)
   mkdir -p /tmp/timer_obj
