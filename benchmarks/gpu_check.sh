@@ -74,7 +74,7 @@ if { has timer || has counters || has timerbuild; } && [ ! -x /tmp/stage_timer ]
 fi
 
 if has timer; then
-  : > "$OUT/timer.txt"
+  /tmp/stage_timer --pattern --reps 20 > "$OUT/timer.txt" 2>&1
   for cap in ${TIMER_CAPS:-8 1}; do
     JAX_MOE_MAX_K_SPLITS=$cap /tmp/stage_timer ${TIMER_ARGS:-} >> "$OUT/timer.txt" 2>&1
   done

@@ -10,6 +10,7 @@
 //     benchmarks/stage_timer.cu ffi_src/cuda/{routing,permute,gemm1,gemm2,finalize}.cu \
 //     ffi_src/common/{problem,tactics}.cc -o stage_timer
 //   ./stage_timer [--models a,b] [--tokens 1,8] [--tactics default,name] [--weights nvfp4] [--reps 30]
+//   ./stage_timer --pattern [--reps 30]    # the weight access-pattern probe alone
 //
 // JAX_MOE_MAX_K_SPLITS applies as in the op (the staged family's split-K).
 #include <cuda_runtime.h>
@@ -223,14 +224,93 @@ int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf
   return 0;
 }
 
+// --- Access-pattern probe (--pattern): is the decode GEMMs' weight stream
+// limited by how it touches HBM? Each warp reads what a staged-family warp
+// reads per K block of 128 (64 weight rows x 64 bytes), either from rows
+// `row_bytes` apart (the linear [rows, K/2] layout: every 64 bytes is a new
+// DRAM page) or as one contiguous 4 KiB chunk (a K-block-major tiled
+// layout), with 4 K blocks of loads in flight per lane; same bytes, same
+// warps, same grid.
+template <bool kTiled>
+__global__ void __launch_bounds__(128) ReadWeightsLike(const uint8_t* w, int64_t row_bytes, int k_blocks,
+                                                       uint32_t* sink) {
+  const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const int64_t warp = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) / 32;
+  const uint8_t* base = w + warp * 64 * row_bytes;  // this warp's 64 rows (= 64 * row_bytes bytes either way)
+  uint32_t acc = 0;
+  for (int kb0 = 0; kb0 < k_blocks; kb0 += 4) {
+    uint4 v[4][8];
+#pragma unroll
+    for (int d = 0; d < 4; ++d)
+#pragma unroll
+      for (int r = 0; r < 8; ++r) {
+        const int kb = min(kb0 + d, k_blocks - 1);
+        const int64_t off = kTiled ? int64_t{kb} * 4096 + (r * 32 + lane) * 16
+                                   : (g + 8 * r) * row_bytes + int64_t{kb} * 64 + q * 16;
+        v[d][r] = __ldg(reinterpret_cast<const uint4*>(base + off));
+      }
+#pragma unroll
+    for (int d = 0; d < 4; ++d)
+#pragma unroll
+      for (int r = 0; r < 8; ++r) acc ^= v[d][r].x ^ v[d][r].y ^ v[d][r].z ^ v[d][r].w;
+  }
+  if (acc == 0x12345678u) sink[0] = acc;  // keeps the loads
+}
+
+int ProbePatterns(int reps, uint8_t* flush, size_t flush_bytes) {
+  struct Shape { const char* what; int64_t warps, row_bytes; };
+  // Warps and row lengths of GEMM1 at T = 1 (8 / 4 experts x 2I / 64 row groups; K / 2 bytes per row).
+  const Shape shapes[] = {{"deepseek-v3 gemm1 T=1", 8 * 4096 / 64, 3584},
+                          {"gpt-oss-120b gemm1 T=1", 4 * 5760 / 64, 1440},
+                          {"qwen3-30b-a3b gemm1 T=1", 8 * 1536 / 64, 1024},
+                          {"4x more warps, deepseek rows", 4 * 8 * 4096 / 64, 3584 / 4}};
+  for (const Shape& s : shapes) {
+    const size_t bytes = static_cast<size_t>(s.warps * 64 * s.row_bytes);
+    uint8_t* w = RandomBytes(bytes, 0, 255);
+    uint32_t* sink = Alloc<uint32_t>(1);
+    const int k_blocks = static_cast<int>(s.row_bytes / 64);
+    cudaEvent_t e0, e1;
+    CHECK_CUDA(cudaEventCreate(&e0));
+    CHECK_CUDA(cudaEventCreate(&e1));
+    for (int tiled = 0; tiled < 2; ++tiled) {
+      std::vector<float> t;
+      for (int rep = -2; rep < reps; ++rep) {
+        CHECK_CUDA(cudaMemsetAsync(flush, rep & 0xff, flush_bytes));
+        CHECK_CUDA(cudaEventRecord(e0));
+        const unsigned blocks = static_cast<unsigned>((s.warps + 3) / 4);
+        if (tiled) ReadWeightsLike<true><<<blocks, 128>>>(w, s.row_bytes, k_blocks, sink);
+        else ReadWeightsLike<false><<<blocks, 128>>>(w, s.row_bytes, k_blocks, sink);
+        CHECK_CUDA(cudaGetLastError());
+        CHECK_CUDA(cudaEventRecord(e1));
+        CHECK_CUDA(cudaEventSynchronize(e1));
+        float ms = 0;
+        CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+        if (rep >= 0) t.push_back(ms);
+      }
+      const double us = Median(t);
+      std::printf("pattern %-30s %-6s %5lld warps %8.2f MB %8.1f us %7.0f GB/s\n", s.what, tiled ? "tiled" : "linear",
+                  static_cast<long long>(s.warps), bytes / 1e6, us, bytes / us / 1e3);
+    }
+    CHECK_CUDA(cudaEventDestroy(e0));
+    CHECK_CUDA(cudaEventDestroy(e1));
+    for (void* d : g_allocs) CHECK_CUDA(cudaFree(d));
+    g_allocs.clear();
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string models = "qwen3-30b-a3b,gpt-oss-120b,deepseek-v3,mixtral-8x7b", tokens = "1,8,64",
               tactics = "default", weights = "nvfp4";
   int reps = 30;
+  bool pattern = false;
+  for (int i = 1; i < argc; ++i)
+    if (std::string(argv[i]) == "--pattern") pattern = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--pattern") { --i; continue; }
     if (k == "--models") models = v;
     else if (k == "--tokens") tokens = v;
     else if (k == "--tactics") tactics = v;
@@ -244,6 +324,7 @@ int main(int argc, char** argv) {
   const char* cap = std::getenv("JAX_MOE_MAX_K_SPLITS");
   std::printf("stage_timer: median of %d, L2 flushed before each, JAX_MOE_MAX_K_SPLITS=%s\n", reps,
               cap ? cap : "(unset)");
+  if (pattern) return ProbePatterns(reps, flush, flush_bytes);
   int failures = 0;
   for (const std::string& w : Split(weights))
     for (const std::string& name : Split(models)) {
