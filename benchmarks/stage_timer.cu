@@ -230,24 +230,49 @@ int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf
 // `row_bytes` apart (the linear [rows, K/2] layout: every 64 bytes is a new
 // DRAM page) or as one contiguous 4 KiB chunk (a K-block-major tiled
 // layout), with 4 K blocks of loads in flight per lane; same bytes, same
-// warps, same grid.
+// warps, same grid. `spin` > 0 paces it like the kernel: the K blocks are
+// requested one at a time, `spin` dependent ALU ops (the decode's cost) apart,
+// 4 in flight; spin = 0 requests 4 K blocks at once (a row's 256 bytes together).
 template <bool kTiled>
 __global__ void __launch_bounds__(128) ReadWeightsLike(const uint8_t* w, int64_t row_bytes, int k_blocks,
-                                                       uint32_t* sink) {
+                                                       int spin, uint32_t* sink) {
   const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const int64_t warp = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) / 32;
   const uint8_t* base = w + warp * 64 * row_bytes;  // this warp's 64 rows (= 64 * row_bytes bytes either way)
+  auto at = [&](int kb, int r) {
+    const int64_t off = kTiled ? int64_t{kb} * 4096 + (r * 32 + lane) * 16
+                               : (g + 8 * r) * row_bytes + int64_t{kb} * 64 + q * 16;
+    return __ldg(reinterpret_cast<const uint4*>(base + off));
+  };
   uint32_t acc = 0;
+  if (spin > 0) {
+    uint4 v[4][8];
+#pragma unroll
+    for (int d = 0; d < 3; ++d)
+#pragma unroll
+      for (int r = 0; r < 8; ++r) v[d][r] = at(min(d, k_blocks - 1), r);
+    for (int kb = 0; kb < k_blocks; kb += 4) {
+#pragma unroll
+      for (int d = 0; d < 4; ++d) {  // slot d holds K block kb + d; refill slot (d + 3) % 4
+#pragma unroll
+        for (int r = 0; r < 8; ++r) v[(d + 3) % 4][r] = at(min(kb + d + 3, k_blocks - 1), r);
+        uint32_t x = acc;
+#pragma unroll
+        for (int r = 0; r < 8; ++r) x ^= v[d][r].x ^ v[d][r].y ^ v[d][r].z ^ v[d][r].w;
+        for (int s = 0; s < spin; ++s) x = x * 1664525u + 1013904223u;  // the decode's ALU time
+        acc = x;
+      }
+    }
+    if (acc == 0x12345678u) sink[0] = acc;
+    return;
+  }
   for (int kb0 = 0; kb0 < k_blocks; kb0 += 4) {
     uint4 v[4][8];
 #pragma unroll
     for (int d = 0; d < 4; ++d)
 #pragma unroll
       for (int r = 0; r < 8; ++r) {
-        const int kb = min(kb0 + d, k_blocks - 1);
-        const int64_t off = kTiled ? int64_t{kb} * 4096 + (r * 32 + lane) * 16
-                                   : (g + 8 * r) * row_bytes + int64_t{kb} * 64 + q * 16;
-        v[d][r] = __ldg(reinterpret_cast<const uint4*>(base + off));
+        v[d][r] = at(min(kb0 + d, k_blocks - 1), r);
       }
 #pragma unroll
     for (int d = 0; d < 4; ++d)
@@ -272,14 +297,15 @@ int ProbePatterns(int reps, uint8_t* flush, size_t flush_bytes) {
     cudaEvent_t e0, e1;
     CHECK_CUDA(cudaEventCreate(&e0));
     CHECK_CUDA(cudaEventCreate(&e1));
-    for (int tiled = 0; tiled < 2; ++tiled) {
+    for (int variant = 0; variant < 6; ++variant) {
+      const int tiled = variant % 2, spin = (variant / 2) * 200;  // spin 0, 200, 400
       std::vector<float> t;
       for (int rep = -2; rep < reps; ++rep) {
         CHECK_CUDA(cudaMemsetAsync(flush, rep & 0xff, flush_bytes));
         CHECK_CUDA(cudaEventRecord(e0));
         const unsigned blocks = static_cast<unsigned>((s.warps + 3) / 4);
-        if (tiled) ReadWeightsLike<true><<<blocks, 128>>>(w, s.row_bytes, k_blocks, sink);
-        else ReadWeightsLike<false><<<blocks, 128>>>(w, s.row_bytes, k_blocks, sink);
+        if (tiled) ReadWeightsLike<true><<<blocks, 128>>>(w, s.row_bytes, k_blocks, spin, sink);
+        else ReadWeightsLike<false><<<blocks, 128>>>(w, s.row_bytes, k_blocks, spin, sink);
         CHECK_CUDA(cudaGetLastError());
         CHECK_CUDA(cudaEventRecord(e1));
         CHECK_CUDA(cudaEventSynchronize(e1));
@@ -288,8 +314,8 @@ int ProbePatterns(int reps, uint8_t* flush, size_t flush_bytes) {
         if (rep >= 0) t.push_back(ms);
       }
       const double us = Median(t);
-      std::printf("pattern %-30s %-6s %5lld warps %8.2f MB %8.1f us %7.0f GB/s\n", s.what, tiled ? "tiled" : "linear",
-                  static_cast<long long>(s.warps), bytes / 1e6, us, bytes / us / 1e3);
+      std::printf("pattern %-30s %-6s spin %3d %5lld warps %8.2f MB %8.1f us %7.0f GB/s\n", s.what,
+                  tiled ? "tiled" : "linear", spin, static_cast<long long>(s.warps), bytes / 1e6, us, bytes / us / 1e3);
     }
     CHECK_CUDA(cudaEventDestroy(e0));
     CHECK_CUDA(cudaEventDestroy(e1));
