@@ -29,19 +29,12 @@
 #include "common/workspace.h"
 #include "cuda/split_k.cuh"
 #include "cuda/stages.cuh"
+#include "../tests/cuda/driver_check.h"
 
 using namespace jax_moe;
 
 namespace {
 
-#define CHECK_CUDA(x)                                                                      \
-  do {                                                                                     \
-    cudaError_t e_ = (x);                                                                  \
-    if (e_ != cudaSuccess) {                                                               \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(2);                                                                        \
-    }                                                                                      \
-  } while (0)
 
 struct Model {
   const char* name;

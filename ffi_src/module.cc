@@ -160,6 +160,8 @@ NB_MODULE(_ffi, m) {
         return TuningCandidates(ProblemFromDict(d), ParsePlatform(platform), exhaustive);
       },
       "Tactic ids the autotuner times: the default first, then the kept candidates.");
+  m.def("k_splits", &KSplits, nb::arg("blocks"), nb::arg("sms"), nb::arg("limit"), nb::arg("num_k_blocks"),
+        "K splits the staged CUDA family launches for a grid (see KSplits in tactics.h).");
   m.def(
       "workspace_bytes",
       [](const nb::dict& d, int64_t id) {

@@ -38,3 +38,25 @@ def test_floors_arithmetic():
     mem, compute = roofline.floors_us(touched_expert_bytes=3e9, T=10, K=4, H=100, I=50, copy_bw=3e12,
                                       matmul_rate=1e15)
     assert np.isclose(mem, 1000.0) and np.isclose(compute, 2 * 10 * 4 * 3 * 100 * 50 / 1e15 * 1e6)
+
+
+def test_timer_report_parses_the_stage_timer_output(tmp_path):
+    """benchmarks/timer_report.py reads every row kind the stage timer prints
+    (a row it skipped would silently drop a measurement from the results)."""
+    from benchmarks import timer_report
+
+    text = (
+        "stage_timer: median of 20, L2 flushed before each, JAX_MOE_MAX_K_SPLITS=(unset)\n"
+        "pattern deepseek-v3 gemm1 T=1          linear spin 200   512 warps   117.44 MB     58.3 us    2013 GB/s\n"
+        "stage_timer: median of 30, L2 flushed before each, JAX_MOE_MAX_K_SPLITS=1\n"
+        "mixtral-8x7b   nvfp4 T=1      cuda_mma_t8_n128_r4    splits<=1 pipeline     224.7 us | routing      6.7 "
+        "permute      5.3 gemm1     98.8 gemm2    114.8 finalize      4.5\n")
+    rows, patterns = timer_report.parse_timer(text)
+    assert rows == [dict(model="mixtral-8x7b", weights="nvfp4", T=1, tactic="cuda_mma_t8_n128_r4", split_cap="1",
+                         max_splits_used=1, pipeline_us=224.7, routing_us=6.7, permute_us=5.3, gemm1_us=98.8,
+                         gemm2_us=114.8, finalize_us=4.5)]
+    assert patterns == [dict(shape="deepseek-v3 gemm1 T=1", layout="linear", spin=200, warps=512, mb=117.44,
+                             us=58.3, gb_per_s=2013)]
+    md = timer_report.markdown(dict(device="d", date="x", commit="c", command="cmd", gpu_tests="t", rows=rows,
+                                    patterns=patterns, counters=[]))
+    assert "| 224.7 | 6.7 | 5.3 | 98.8 | 114.8 | 4.5 |" in md

@@ -113,3 +113,32 @@ def test_experimental_tactics_are_never_chosen_automatically(T):
             assert not experimental & set(tactics.tuning_candidates(problem, plat, exhaustive=exhaustive))
     # ...but they are valid tactics: an explicit tactic= runs them.
     assert all(not tactics.invalid_reason(problem, t, "cuda") for t in experimental)
+
+
+# The split-K rule against the H200 measurements it was fitted to
+# (benchmarks/stage_timer.cu, 2026-12-01, benchmarks/NOTES.md v5): grid blocks
+# before splitting, K blocks of 128, the splits that measured fastest.
+_SPLIT_K_MEASURED = [
+    ("mixtral gemm2 T=1", 64, 112, 4),     # 114.8 -> 58.0 us
+    ("mixtral gemm2 T=8", 288, 112, 2),    # 234.9 -> 172.6 us
+    ("deepseek gemm1 T=1", 128, 56, 2),    # 105.3 -> 94.3 us
+    ("mixtral gemm1 T=1", 224, 32, 1),     # no split measured faster
+    ("deepseek gemm2 T=1", 448, 16, 1),
+    ("gpt-oss gemm1 T=1", 92, 23, 1),      # 5 splits: 49.9 -> 65.5 us
+    ("qwen3 gemm1 T=1", 48, 16, 1),        # 4 splits: 37.8 -> 47.3 us
+    ("qwen3 gemm2 T=1", 128, 6, 1),        # 3 splits: 13.6 -> 18.8 us
+    ("deepseek gemm1 T=8", 1024, 56, 1),   # grid already fills the device
+]
+
+
+@pytest.mark.parametrize("what,blocks,num_kb,best", _SPLIT_K_MEASURED, ids=[m[0] for m in _SPLIT_K_MEASURED])
+def test_split_k_rule_picks_the_measured_best(what, blocks, num_kb, best):
+    assert _extension.module().k_splits(blocks, 132, 8, num_kb) == best
+
+
+def test_split_k_rule_respects_its_limit_and_small_k():
+    k_splits = _extension.module().k_splits
+    assert k_splits(1, 132, 1, 1000) == 1       # limit 1: never
+    assert k_splits(1, 132, 8, 1000) == 8       # the limit caps it
+    assert k_splits(1, 132, 8, 47) == 1         # two splits would hold < 24 K blocks each
+    assert all(k_splits(b, 132, 8, kb) >= 1 for b in (1, 100, 10_000) for kb in (1, 24, 500))

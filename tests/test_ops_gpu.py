@@ -157,13 +157,13 @@ def _split_k_stats():
 @pytest.mark.parametrize("index", range(len(_STAGED_TACTICS)), ids=[t.name for t in _STAGED_TACTICS])
 def test_split_k_at_decode_sizes(index, T):
     """A few token tiles leave the device under-filled, so the staged rows
-    split K across blocks (cuda/split_k.cuh): GEMM1 K = 2048 (16 K blocks),
-    GEMM2 K = 1056 (a K tail in the last split). Every row, formats cycled
-    over the rows, biases and the gpt-oss activation; the handler's counters
-    prove the split path ran."""
+    split K across blocks (cuda/split_k.cuh; KSplits keeps >= 24 K blocks per
+    split): GEMM1 K = 6208 = 48 * 128 + 64 (2 splits, a K tail in the last),
+    GEMM2 K = 3104 (24 K blocks and a tail: unsplit). Every row, formats
+    cycled over the rows, biases and the gpt-oss activation; the handler's
+    counters prove the split path ran."""
     wfmt, afmt = _FORMAT_PAIRS[(index + T) % len(_FORMAT_PAIRS)]
-    # E = 4: at most 4 tiles, so even the 1-block-per-SM t128 GEMM1 leaves room to split.
-    case = make_case(T=T, H=2048, I=1056, E=4, top_k=2, weight_format=wfmt, act_format=afmt,
+    case = make_case(T=T, H=6208, I=3104, E=4, top_k=2, weight_format=wfmt, act_format=afmt,
                      activation=Activation.SWIGLU_OAI, biases=True)
     launches, _ = _split_k_stats()
     _check(case, tactic=_STAGED_TACTICS[index].id)
@@ -173,13 +173,13 @@ def test_split_k_at_decode_sizes(index, T):
 def test_split_k_is_bitwise_deterministic():
     """The last split adds the partials in split order: repeated runs agree
     bitwise whichever split finishes last, and match the reference."""
-    case = make_case(T=2, H=4096, I=1024, E=4, top_k=2)
+    case = make_case(T=2, H=12288, I=512, E=4, top_k=2)  # GEMM1: 96 K blocks, 4 splits
     f = jax.jit(lambda *a: jax_moe.fp4_moe(*a, **case.kwargs))
     args = (case.hidden, case.logits, case.w13, case.w2)
     launches, _ = _split_k_stats()
     first = np.asarray(f(*args), np.float32)
     assert _split_k_stats()[0] > launches
-    assert _split_k_stats()[1] >= 4, "K = 4096 on a few tiles should split at least 4 ways"
+    assert _split_k_stats()[1] >= 4, "K = 12288 (96 K blocks) on a few tiles should split 4 ways"
     for _ in range(5):
         np.testing.assert_array_equal(np.asarray(f(*args), np.float32), first)
     assert_close(first, run_op_and_reference(case)[1], rel=REL_TOL)

@@ -36,8 +36,10 @@ bool IsExperimental(KernelFamily family) {
   // A family joins the default and the tuner only once `pytest -m gpu`
   // passes with it on a device. Both wgmma families did on 2026-12-01
   // (H200, tests/test_ops_gpu.py::test_wgmma_family*); a new family starts
-  // here. The two-producer rows (2026-12-01, session 7) compile for sm_90a
-  // but have not run on a GPU yet.
+  // here. The two-producer rows (2026-12-01, session 7) passed the GPU
+  // tests on 2026-12-01 (session 8, 513acc3) but stay out until their speed
+  // is measured: the tuner's time budget has no room for a candidate that
+  // may not win (benchmarks/NOTES.md v5).
   return family == KernelFamily::kCudaWgmmaWsTwoProducers;
 }
 
@@ -101,6 +103,26 @@ int64_t SplitKLimit(const MoeProblem& p, const Tactic& t) {
                             SplitKPartialColumns(p);
   const int64_t fit = per_split > 0 ? kSplitKBudgetBytes / per_split : 1;
   return fit < 1 ? 1 : (fit > kMaxSplitK ? kMaxSplitK : fit);
+}
+
+// Why these bounds (benchmarks/stage_timer.cu on an H200, 2026-12-01,
+// benchmarks/NOTES.md v5): the staged kernel is issue-bound with a few warps
+// per SM, and every block pays a latency-bound prologue (tile lookup,
+// activation staging, ring fill) and epilogue, so a split pays only when it
+// keeps many K blocks. Measured wins: Mixtral GEMM2 at T = 1 (64 blocks, 112
+// K blocks) 114.8 -> 58.0 us with 4 splits, at T = 8 (288 blocks, 4.4 per SM
+// once split) 234.9 -> 172.6 us with 2; DeepSeek-V3 GEMM1 at T = 1 (128
+// blocks, 56 K blocks) 105.3 -> 94.3 us with 2. Measured losses: splits of
+// 2-6 K blocks (Qwen3 GEMM1 37.8 -> 47.3 us with 4, GEMM2 13.6 -> 18.8 us
+// with 3; gpt-oss-120b GEMM1 49.9 -> 65.5 us with 5). These bounds pick
+// every winning split and none of the losing ones (tests/test_enums_and_tactics.py).
+constexpr int64_t kMinKBlocksPerSplit = 24;
+constexpr int64_t kMaxBlocksPerSm = 5;
+
+int64_t KSplits(int64_t blocks, int64_t sms, int64_t limit, int64_t num_kb) {
+  int64_t s = 1;
+  while (s < limit && num_kb / (s + 1) >= kMinKBlocksPerSplit && blocks * (s + 1) <= kMaxBlocksPerSm * sms) ++s;
+  return s;
 }
 
 WorkspaceLayout PlanWorkspaceFor(const MoeProblem& p, const Tactic& t) {

@@ -134,6 +134,12 @@ int64_t DefaultTactic(const MoeProblem& p, Platform platform);
 // prefill sizes 1, so large T pays no workspace for it.
 int64_t SplitKLimit(const MoeProblem& p, const Tactic& t);
 
+// K splits for a staged-family grid of `blocks` blocks (before splitting)
+// over `num_kb` K blocks of 128 on a device of `sms` SMs: the largest
+// S <= limit that keeps >= 24 K blocks per split and <= 5 blocks per SM
+// (tactics.cc says which measurements these bounds come from).
+int64_t KSplits(int64_t blocks, int64_t sms, int64_t limit, int64_t num_kb);
+
 // The workspace layout a call of `p` under tactic `t` uses.
 WorkspaceLayout PlanWorkspaceFor(const MoeProblem& p, const Tactic& t);
 

@@ -230,7 +230,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
 }
 
 // Grid: x = token tiles (worst case from static shapes), y = feature blocks,
-// z = K splits (ChooseKSplits, up to a.split_k_limit).
+// z = K splits (KSplits, up to a.split_k_limit).
 template <int TT, int TW, int WN, int KC, int WS, Format WF, GemmStage ST>
 cudaError_t LaunchMmaSwapAbGemm(const GemmArgs& a, int64_t max_tiles, cudaStream_t stream) {
   constexpr int kThreads = 32 * (TT / TW) * WN;
@@ -243,11 +243,10 @@ cudaError_t LaunchMmaSwapAbGemm(const GemmArgs& a, int64_t max_tiles, cudaStream
     if (const cudaError_t e = EnsureDynamicSmem<kKernel>(smem); e != cudaSuccess) return e;
   }
   if (const int limit = MaxKSplitsFromEnv(a.split_k_limit); limit > 1) {
-    int resident = 0;
-    if (const cudaError_t e = ResidentBlocks<kKernel>(kThreads, smem, &resident); e != cudaSuccess) return e;
+    int sms = 0;
+    if (const cudaError_t e = DeviceSms(&sms); e != cudaSuccess) return e;
     const int num_kb = (a.k_dim + gemm_detail::kKBlock - 1) / gemm_detail::kKBlock;
-    grid.z = static_cast<unsigned>(
-        ChooseKSplits(static_cast<int64_t>(grid.x) * grid.y, resident, limit, num_kb));
+    grid.z = static_cast<unsigned>(KSplits(static_cast<int64_t>(grid.x) * grid.y, sms, limit, num_kb));
     if (grid.z > 1) NoteKSplits(static_cast<int>(grid.z));
   }
   kKernel<<<grid, kThreads, smem, stream>>>(a);

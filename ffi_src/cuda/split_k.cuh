@@ -1,11 +1,11 @@
 // Split-K across blocks for the staged family (cuda/gemm_mma.cuh).
 //
 // Why: at decode sizes a GEMM has a handful of token tiles, so its grid
-// (tiles x feature blocks) leaves most of the 132 SMs idle or gives each one
-// a single warp per scheduler that walks all of K serially (the v2 profile:
-// Qwen3 GEMM1 at T = 1 was 48 blocks, 6% of the copy bandwidth). Splitting K
-// over grid.z multiplies the resident warps without changing any warp's
-// inner loop.
+// (tiles x feature blocks) leaves SMs idle or gives each a single warp per
+// scheduler that walks all of K serially (Mixtral GEMM2 at T = 1: 64 blocks
+// of 112 K blocks each). Splitting K over grid.z multiplies the resident
+// warps without changing any warp's inner loop. KSplits (common/tactics.h:
+// host arithmetic, tested on the CPU) says when that pays.
 //
 // How: block z of a (tile, feature block) runs K blocks [z, z + 1) * K / S,
 // stores its fp32 accumulators to the workspace, and takes a ticket; the
@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "common/tactics.h"
 #include "cuda/gemm_common.cuh"
 
 namespace jax_moe::cuda {
@@ -92,26 +93,20 @@ __device__ __forceinline__ bool CombineKSplits(const GemmArgs& a, float (&acc)[k
 
 }  // namespace gemm_detail
 
-// Blocks of `kKernel` (with `threads` threads and `smem` bytes of dynamic
-// shared memory) the device holds at once: SMs x blocks per SM. A host-side
-// attribute query, cached per kernel (it does not touch the stream).
-template <auto kKernel>
-cudaError_t ResidentBlocks(int threads, int smem, int* out) {
+// SMs of the current device (a host-side attribute query, cached: it does
+// not touch the stream).
+inline cudaError_t DeviceSms(int* out) {
   static std::atomic<int> cached{0};
   if (const int c = cached.load(std::memory_order_relaxed); c > 0) {
     *out = c;
     return cudaSuccess;
   }
-  int device = 0, sms = 0, per_sm = 0;
+  int device = 0, sms = 0;
   if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
   if (cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device); e != cudaSuccess)
     return e;
-  if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kKernel, threads, smem);
-      e != cudaSuccess)
-    return e;
-  const int c = sms * (per_sm > 0 ? per_sm : 1);
-  cached.store(c, std::memory_order_relaxed);
-  *out = c;
+  cached.store(sms > 0 ? sms : 1, std::memory_order_relaxed);
+  *out = cached.load(std::memory_order_relaxed);
   return cudaSuccess;
 }
 
@@ -130,28 +125,6 @@ inline void NoteKSplits(int splits) {
   int seen = g_max_k_splits.load(std::memory_order_relaxed);
   while (splits > seen && !g_max_k_splits.compare_exchange_weak(seen, splits, std::memory_order_relaxed)) {
   }
-}
-
-// The number of K splits S <= limit for a grid of `blocks` blocks (before
-// splitting) over `num_kb` K blocks of 128, on a device that holds
-// `resident` blocks at once. Modelled time: waves x (K blocks per split + 1),
-// the 1 standing for a split's own prologue (ring fill), epilogue and
-// partial-sum traffic; a larger S is taken only when it models >= 10% faster
-// than the best smaller one. Every split keeps >= 2 K blocks.
-inline int ChooseKSplits(int64_t blocks, int resident, int limit, int num_kb) {
-  auto cost = [&](int s) {
-    return static_cast<double>((blocks * s + resident - 1) / resident) * (static_cast<double>(num_kb) / s + 1.0);
-  };
-  int best = 1;
-  double best_cost = cost(1);
-  for (int s = 2; s <= limit && num_kb / s >= 2; ++s) {
-    const double cost_s = cost(s);
-    if (cost_s < 0.9 * best_cost) {
-      best = s;
-      best_cost = cost_s;
-    }
-  }
-  return best;
 }
 
 }  // namespace jax_moe::cuda

@@ -4,8 +4,8 @@
 // this binary instead. It runs routing -> permute -> gemm1 -> gemm2 ->
 // finalize on random data for every CUDA tactic, both weight formats, the
 // three activation formats, routed and grouped routing, local expert ranges,
-// do_finalize=False, K tails (H = 1040 with NVFP4) and both finalize
-// kernels, checks every CUDA status and that the outputs are finite.
+// do_finalize=False, K tails (H = 1040 with NVFP4), split-K and both
+// finalize kernels, checks every CUDA status and that the outputs are finite.
 // Correctness against the reference is the pytest GPU suite's job.
 #include <cuda_runtime.h>
 
@@ -22,6 +22,7 @@
 #include "common/tactics.h"
 #include "common/workspace.h"
 #include "cuda/stages.cuh"
+#include "driver_check.h"
 
 using namespace jax_moe;
 
@@ -29,14 +30,6 @@ namespace {
 
 std::mt19937 rng(1234);
 
-#define CHECK_CUDA(x)                                                                 \
-  do {                                                                                \
-    cudaError_t e_ = (x);                                                             \
-    if (e_ != cudaSuccess) {                                                          \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(2);                                                                   \
-    }                                                                                 \
-  } while (0)
 
 std::vector<void*> g_allocs;
 
@@ -172,6 +165,9 @@ int main() {
   failures += RunOne({Format::kMXFP4, Format::kMXFP8, RoutingMethod::kDEEPSEEK_V3, 50, 512, 256, 32, 32, 0, 4, false, true, t8});
   failures += RunOne({Format::kNVFP4, Format::kBF16, R, 33, 512, 256, 16, 10, 3, 4, true, false, t8 + 2});
   failures += RunOne({Format::kNVFP4, Format::kNVFP4, RoutingMethod::kDEFAULT, 1, 256, 128, 64, 64, 0, 10, false, true, t8 + 6});
+  // Split-K (GEMM1 K = 6144: 48 K blocks, two splits; the ring row and its ring-less twin).
+  for (int64_t t : {t8, t8 + 7})
+    failures += RunOne({Format::kMXFP4, Format::kBF16, R, 1, 6144, 256, 4, 4, 0, 2, false, true, t});
   std::printf("sanitizer harness: %d failure(s)\n", failures);
   return failures ? 1 : 0;
 }
