@@ -92,19 +92,6 @@ std::string TacticInvalidReason(const MoeProblem& p, Platform platform, int64_t 
   return "";
 }
 
-namespace {
-constexpr int64_t kMaxSplitK = 8;
-constexpr int64_t kSplitKBudgetBytes = int64_t{64} << 20;  // fp32 partials of all splits
-}  // namespace
-
-int64_t SplitKLimit(const MoeProblem& p, const Tactic& t) {
-  if (t.family != KernelFamily::kCudaMmaSwapAB) return 1;
-  const int64_t per_split = static_cast<int64_t>(sizeof(float)) * MaxTiles(p, t.tile_tokens) * t.tile_tokens *
-                            SplitKPartialColumns(p);
-  const int64_t fit = per_split > 0 ? kSplitKBudgetBytes / per_split : 1;
-  return fit < 1 ? 1 : (fit > kMaxSplitK ? kMaxSplitK : fit);
-}
-
 // Why these bounds (benchmarks/stage_timer.cu on an H200, 2026-12-01,
 // benchmarks/NOTES.md v5): the staged kernel is issue-bound with a few warps
 // per SM, and every block pays a latency-bound prologue (tile lookup,
@@ -123,6 +110,24 @@ int64_t KSplits(int64_t blocks, int64_t sms, int64_t limit, int64_t num_kb) {
   int64_t s = 1;
   while (s < limit && num_kb / (s + 1) >= kMinKBlocksPerSplit && blocks * (s + 1) <= kMaxBlocksPerSm * sms) ++s;
   return s;
+}
+
+namespace {
+constexpr int64_t kMaxSplitK = 8;
+constexpr int64_t kSplitKBudgetBytes = int64_t{64} << 20;  // fp32 partials of all splits
+}  // namespace
+
+int64_t SplitKLimit(const MoeProblem& p, const Tactic& t) {
+  if (t.family != KernelFamily::kCudaMmaSwapAB) return 1;
+  // KSplits never gives a GEMM more splits than its K holds (>= kMinKBlocksPerSplit
+  // each): no workspace or ticket zeroing for splits that cannot happen.
+  const int64_t longest_k = p.hidden_size > p.intermediate_size ? p.hidden_size : p.intermediate_size;
+  const int64_t by_k = (longest_k + 127) / 128 / kMinKBlocksPerSplit;
+  const int64_t per_split = static_cast<int64_t>(sizeof(float)) * MaxTiles(p, t.tile_tokens) * t.tile_tokens *
+                            SplitKPartialColumns(p);
+  const int64_t by_budget = per_split > 0 ? kSplitKBudgetBytes / per_split : 1;
+  const int64_t fit = by_k < by_budget ? by_k : by_budget;
+  return fit < 1 ? 1 : (fit > kMaxSplitK ? kMaxSplitK : fit);
 }
 
 WorkspaceLayout PlanWorkspaceFor(const MoeProblem& p, const Tactic& t) {

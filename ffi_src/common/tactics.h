@@ -128,10 +128,10 @@ int64_t DefaultTactic(const MoeProblem& p, Platform platform);
 
 // The most K splits a GEMM of tactic `t` may run `p` with (1 = none). Only
 // the staged family splits K across blocks (cuda/gemm_mma.cuh); how many
-// splits it launches, up to this, is chosen from the grid's fill of the
-// device (cuda/split_k.cuh). Capped so the fp32 partial sums stay within a
-// fixed workspace budget: at decode sizes (a few tiles) the full limit, at
-// prefill sizes 1, so large T pays no workspace for it.
+// splits it launches, up to this, is KSplits below. Capped by what K allows
+// (KSplits' minimum K per split) and so the fp32 partial sums stay within a
+// fixed workspace budget: at decode sizes (a few tiles) with long K the full
+// limit, at prefill sizes or short K 1, so those pay no workspace for it.
 int64_t SplitKLimit(const MoeProblem& p, const Tactic& t);
 
 // K splits for a staged-family grid of `blocks` blocks (before splitting)

@@ -105,8 +105,8 @@ inline cudaError_t DeviceSms(int* out) {
   if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
   if (cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device); e != cudaSuccess)
     return e;
-  cached.store(sms > 0 ? sms : 1, std::memory_order_relaxed);
-  *out = cached.load(std::memory_order_relaxed);
+  *out = sms > 0 ? sms : 1;
+  cached.store(*out, std::memory_order_relaxed);
   return cudaSuccess;
 }
 
