@@ -13,12 +13,20 @@ namespace jax_moe::cuda {
 // (element i, element i+4), each equal to value * 2^-126: the nibble's
 // exponent and mantissa bits land on the low bits of the bf16 exponent and
 // the top mantissa bit, so code 1 (0.5) becomes the bf16 subnormal 2^-127.
-// Two integer ops per word; the 2^126 is restored by MulBf16x2 below.
+// The sign must move 6 bits further than the magnitude: one multiply of the
+// isolated nibble pair by 2^a + 2^(a-6) places both copies at once (they do
+// not overlap, so the sum is their OR; the multiply runs on the FMA pipe,
+// not the integer ALU that the masks need), and a mask keeps the sign of
+// one copy and the magnitude of the other. Pairs 2 and 3 start from the
+// codes shifted down a byte, so every multiplier is a left shift.
 __device__ __forceinline__ void DecodeE2m1x8(uint32_t codes, uint32_t (&out)[4]) {
+  const uint32_t high = codes >> 8;  // nibbles 2, 3, 6, 7 -> positions of 0, 1, 4, 5
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const uint32_t t = codes << (12 - 4 * i);  // nibble i -> bits 12..15, nibble i+4 -> 28..31
-    out[i] = (t & 0x80008000u) | ((t >> 6) & 0x01c001c0u);
+    const uint32_t x = i < 2 ? codes : high;
+    const int s = 4 * (i & 1);  // nibble i's offset in x (and i + 4's, 16 bits up)
+    const uint32_t pair = x & (0x000f000fu << s);
+    out[i] = (pair * ((1u << (12 - s)) + (1u << (6 - s)))) & 0x81c081c0u;
   }
 }
 
@@ -29,7 +37,56 @@ __device__ __forceinline__ uint32_t MulBf16x2(uint32_t a, uint32_t b) {
   return d;
 }
 
+// a * (half h of s, broadcast to both halves). ptxas folds the broadcast
+// into the HMUL2 operand (.H0_H0 / .H1_H1), so a scale pair costs nothing
+// to unpack.
+template <int kHalf>
+__device__ __forceinline__ uint32_t MulBf16x2ByHalf(uint32_t a, uint32_t s) {
+  uint32_t d;
+  if constexpr (kHalf == 0)
+    asm("{ .reg .b16 lo, hi; .reg .b32 b; mov.b32 {lo, hi}, %2; mov.b32 b, {lo, lo}; mul.rn.bf16x2 %0, %1, b; }"
+        : "=r"(d) : "r"(a), "r"(s));
+  else
+    asm("{ .reg .b16 lo, hi; .reg .b32 b; mov.b32 {lo, hi}, %2; mov.b32 b, {hi, hi}; mul.rn.bf16x2 %0, %1, b; }"
+        : "=r"(d) : "r"(a), "r"(s));
+  return d;
+}
+
+// Byte permute (PRMT): selector nibble n picks output byte n from the 8
+// bytes {b, a} (bits 0..2; a = bytes 0..3), bit 3 replicates the picked
+// byte's sign bit over the output byte.
+__device__ __forceinline__ uint32_t Prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+}
+
 constexpr uint32_t kBf16x2Pow2_126 = 0x7e807e80u;  // (2^126, 2^126)
+
+// NVFP4 block scales enter the decode already multiplied by 2^119: the
+// decoded e2m1 carries 2^-126 (DecodeE2m1x8), so one bf16 multiply gives
+// value * scale * 2^-7, exact (at most 6 significant bits, >= 2^-17), and
+// the fp32 epilogue multiplies by 2^7. 2^119 is the largest factor that
+// keeps the largest e4m3 (448) finite in bf16.
+constexpr int kNvfp4ScaleFold = 119;
+constexpr float kNvfp4EpilogueGain = 0x1p7f;  // 2^(126 - kNvfp4ScaleFold)
+
+// PRMT selector that turns the two NVFP4 scale bytes at byte offset `o`
+// (0..2) of a word into (b0, sign(b0) x 8, b1, sign(b1) x 8).
+__device__ __forceinline__ uint32_t Nvfp4ScaleSelector(uint32_t o) { return 0x9180u + 0x1111u * o; }
+
+// Two e4m3 bytes, spread by Nvfp4ScaleSelector -> bf16x2 (s0 * 2^119,
+// s1 * 2^119), exact. The 7 magnitude bits go to bf16 bits 4..10 (the value
+// * 2^-120, subnormal for e4m3 subnormals), the replicated sign to bit 15;
+// two multiplies restore 2^120 and add the fold. The e4m3 NaN (magnitude
+// 0x7f) would decode to 480: its all-ones magnitude carries into bit 11,
+// and 15x that carry sets exponent bits 11..14, making the pair NaN.
+__device__ __forceinline__ uint32_t E4m3PairToFoldedBf16x2(uint32_t spread) {
+  const uint32_t y = (spread << 4) & 0x87f087f0u;
+  const uint32_t nan_carry = (y + 0x00100010u) & 0x08000800u;
+  const uint32_t bits = nan_carry * 15u + y;
+  return MulBf16x2(MulBf16x2(bits, 0x7b807b80u /* (2^120, 2^120) */), 0x7b007b00u /* (2^119, 2^119) */);
+}
 
 // e4m3 byte -> bf16 bits (exact; 0x7f/0xff -> NaN). The 7 magnitude bits go
 // to the top of an fp32 mantissa/exponent (value * 2^-120, subnormal for

@@ -190,7 +190,7 @@ __device__ __forceinline__ uint4 LoadActivationGroup(const GemmArgs& a, int64_t 
 
 // One weight row's share for a lane: 32 FP4 elements (16 bytes) and their
 // raw block-scale bytes (NVFP4: two e4m3 bytes, the low one for elements
-// 0..15; MXFP4: one ue8m0 byte). Scales stay raw until QuadScales so a
+// 0..15; MXFP4: one ue8m0 byte). Scales stay raw until QuadScalePair so a
 // register stage holds 5 words per quad.
 struct WeightQuad {
   uint4 codes;
@@ -287,36 +287,55 @@ struct LaneWeights {
   }
 };
 
-// A quad's block scales as bf16x2 pairs: s[0] for elements 0..15, s[1] for 16..31.
+// PRMT selector that moves a quad's scale byte(s) at byte offset `o` of a
+// word into QuadScalePair's input form (NVFP4: both bytes, sign-spread;
+// MXFP4: the byte alone, zeros above).
 template <Format WF>
-__device__ __forceinline__ void QuadScales(const WeightQuad& w, uint32_t (&s)[2]) {
+__device__ __forceinline__ uint32_t QuadScaleSelector(uint32_t o) {
+  return WF == Format::kNVFP4 ? Nvfp4ScaleSelector(o) : 0x4440u + o;
+}
+
+// A quad's block scales as one bf16x2 word, from the word holding their
+// raw bytes and the QuadScaleSelector of their offset. NVFP4: (s0, s1) *
+// 2^kNvfp4ScaleFold, s0 for elements 0..15, s1 for 16..31 (the fold is
+// undone in GemmEpilogue); MXFP4: s in the low half.
+template <Format WF>
+__device__ __forceinline__ uint32_t QuadScalePair(uint32_t word, uint32_t sel) {
+  const uint32_t x = Prmt(word, 0u, sel);
   if constexpr (WF == Format::kNVFP4) {
-    const uint32_t s0 = E4m3ToBf16Bits(w.scales & 0xffu), s1 = E4m3ToBf16Bits(w.scales >> 8);
-    s[0] = s0 | (s0 << 16);
-    s[1] = s1 | (s1 << 16);
+    return E4m3PairToFoldedBf16x2(x);
   } else {
-    const uint32_t s0 = Ue8m0ToBf16Bits(w.scales);
-    s[0] = s[1] = s0 | (s0 << 16);
+    return Ue8m0ToBf16Bits(x);
   }
+}
+template <Format WF>
+__device__ __forceinline__ uint32_t QuadScalePair(const WeightQuad& w) {
+  return QuadScalePair<WF>(w.scales, QuadScaleSelector<WF>(0));
 }
 
 // Word j (elements 8j..8j+7 of the lane's 32) -> 4 scaled bf16x2 pairs.
-__device__ __forceinline__ void DecodeWord(const WeightQuad& w, int j, const uint32_t (&scale)[2],
-                                           uint32_t (&out)[4]) {
+// NVFP4: one multiply per pair (the 2^126 of DecodeE2m1x8 is folded into
+// the scale); MXFP4 keeps the 2^126 multiply, since 2^126 * 2^(e - 127)
+// overflows bf16 for e > 128.
+template <Format WF>
+__device__ __forceinline__ void DecodeWord(const WeightQuad& w, int j, uint32_t scale, uint32_t (&out)[4]) {
   const uint32_t codes = j == 0 ? w.codes.x : j == 1 ? w.codes.y : j == 2 ? w.codes.z : w.codes.w;
   DecodeE2m1x8(codes, out);
-  const uint32_t s = scale[j >> 1];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) out[i] = MulBf16x2(MulBf16x2(out[i], kBf16x2Pow2_126), s);
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (WF == Format::kNVFP4) {
+      out[i] = j < 2 ? MulBf16x2ByHalf<0>(out[i], scale) : MulBf16x2ByHalf<1>(out[i], scale);
+    } else {
+      out[i] = MulBf16x2ByHalf<0>(MulBf16x2(out[i], kBf16x2Pow2_126), scale);
+    }
+  }
 }
 
 // DecodeWord with the block scales rebuilt from the quad's raw bytes, for
 // kernels that cannot keep the decoded scales live for a whole K block.
 template <Format WF>
 __device__ __forceinline__ void DecodeWordRawScales(const WeightQuad& w, int j, uint32_t (&out)[4]) {
-  uint32_t scale[2];
-  QuadScales<WF>(w, scale);
-  DecodeWord(w, j, scale, out);
+  DecodeWord<WF>(w, j, QuadScalePair<WF>(w), out);
 }
 
 __device__ __forceinline__ float WarpMaxOverRows(float v) {
@@ -339,7 +358,7 @@ __device__ __forceinline__ void GemmEpilogue(const GemmArgs& a, const float (&ac
   const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   float scale = 1.0f;
   if (a.a_global) scale /= a.a_global[0];
-  if (WF == Format::kNVFP4) scale /= a.w_global[a.w_global_per_expert ? expert : 0];
+  if (WF == Format::kNVFP4) scale = scale / a.w_global[a.w_global_per_expert ? expert : 0] * kNvfp4EpilogueGain;
 
   if constexpr (ST == GemmStage::kGemm2) {
 #pragma unroll

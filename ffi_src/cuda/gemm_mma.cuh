@@ -24,7 +24,11 @@
 // cp.async into private shared-memory slots WS - 1 K blocks ahead and reads
 // them back itself, so WS - 1 blocks of weights are in flight while it
 // decodes, at no register cost. A thread reads only what it copied: the
-// per-thread cp.async groups order it, no barrier is needed.
+// per-thread cp.async groups order it, no barrier is needed. The copies of
+// every K block but the last one or two are unchecked (each lane's source
+// pointers advance by a constant per K block); only the tail pays for the
+// bounds checks. At T = 1 the kernel is bound by instruction issue, so
+// per-K-block address arithmetic counts as much as the decode.
 //
 // Split-K (grid.z > 1, cuda/split_k.cuh): when the tiles x feature blocks
 // grid leaves the device under-filled (decode), block z runs only its share
@@ -88,55 +92,93 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   const int64_t scale_cols = a.k_dim / BlockSize(WF);
   const bool aligned16 = (k_bytes % 16) == 0, scale_pairs = (scale_cols % 2) == 0;
   // This block's K range: whole K blocks of 128, split z of gridDim.z.
-  const KSplit split = KBlocksOfSplit((a.k_dim + kKBlock - 1) / kKBlock, blockIdx.z, gridDim.z);
+  const int num_kb_total = (a.k_dim + kKBlock - 1) / kKBlock;
+  const KSplit split = KBlocksOfSplit(num_kb_total, blockIdx.z, gridDim.z);
   const int k_begin = split.first * kKBlock, k_end = min(split.end * kKBlock, a.k_dim);
-  const uint8_t* wrow[kMT][2];
-  const uint8_t* srow[kMT][2];  // the rows' block scales (scale_cols bytes each)
+  const int num_kb = split.end - split.first;  // this split's K blocks; kbi counts from k_begin
   bool mt_valid[kMT];
-#pragma unroll
-  for (int mt = 0; mt < kMT; ++mt) {
+  auto weight_row = [&](int mt, int r) {
     const int feature = MTileFeature<ST>(feat0, mt);
-    mt_valid[mt] = feature < a.n_dim;
-    const int64_t base = MTileWeightRow<ST>(feature, mt, a.n_dim);
+    return static_cast<int64_t>(expert) * a.w_rows_per_expert + MTileWeightRow<ST>(feature, mt, a.n_dim) + g + 8 * r;
+  };
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int64_t row = static_cast<int64_t>(expert) * a.w_rows_per_expert + base + g + 8 * r;
-      wrow[mt][r] = a.w + row * k_bytes;
-      srow[mt][r] = a.w_scale + row * scale_cols;
-    }
-  }
+  for (int mt = 0; mt < kMT; ++mt) mt_valid[mt] = MTileFeature<ST>(feat0, mt) < a.n_dim;
 
   float acc[kMT][kNT][4];
   ZeroAccumulators(acc);
+
+  // Where this lane's quads come from. Ring-less (WS == 0): each row's codes
+  // and scales. Ring: the lane's quad of K block 0 of the split and the
+  // aligned word holding its scale byte(s); block kbi is kbi * 64 (codes)
+  // and kbi * kScaleStep (scales) bytes further, so the bytes' offset in
+  // their word, and so the QuadScaleSelector, is the same for every K block
+  // and for rows g and g + 8 (8 * scale_cols is a multiple of 4 when K % 32
+  // == 0, which RingFits guarantees); only the up rows of GEMM1 (n_dim rows
+  // on) may differ, hence one selector per m-tile.
+  constexpr int kScaleStep = kKBlock / BlockSize(WF);
+  const uint8_t* wsrc[kMT][2];
+  const uint8_t* ssrc[kMT][2];
+  uint32_t scale_sel[kMT];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t row = weight_row(mt, r);
+      if constexpr (WS > 0) {
+        const int k_lane = k_begin + 32 * q;
+        wsrc[mt][r] = a.w + row * k_bytes + k_lane / 2;
+        const uint8_t* sp = a.w_scale + row * scale_cols + k_lane / BlockSize(WF);
+        ssrc[mt][r] = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(sp) & ~uintptr_t{3});
+        if (r == 0) scale_sel[mt] = QuadScaleSelector<WF>(static_cast<uint32_t>(reinterpret_cast<uintptr_t>(sp) & 3u));
+      } else {
+        wsrc[mt][r] = a.w + row * k_bytes;
+        ssrc[mt][r] = a.w_scale + row * scale_cols;
+      }
+    }
 
   // The weight ring (WS > 0): slot (stage, mt, r) of this thread. Codes
   // first, then the scale words, each [WS][kMT][2][kThreads] so a warp's
   // accesses are consecutive 16- (4-) byte words.
   extern __shared__ uint4 ring_smem[];
-  uint4* const ring_codes = ring_smem;
   constexpr int kRing = WS > 0 ? WS : 1;  // (the ring-less kernel never touches it)
-  uint32_t* const ring_scales = reinterpret_cast<uint32_t*>(ring_smem + kRing * kMT * 2 * kThreads);
-  auto ring_slot = [&](int kbi, int mt, int r) { return (((kbi % kRing) * kMT + mt) * 2 + r) * kThreads + threadIdx.x; };
-  const int num_kb = split.end - split.first;  // this split's K blocks; kbi counts from k_begin
-  // Copies K block kbi's quads into its slots. RingFits makes K a multiple
-  // of 32, so a quad is wholly inside or wholly past K; past K nothing is
-  // read and the slot is zero-filled. The scale word is the aligned 4 bytes
-  // holding the quad's scale byte(s), read no further than its row's end.
-  auto ring_issue = [&](int kbi) {
-    const int k = k_begin + kbi * kKBlock + 32 * q;
-    const bool valid = k < a.k_dim;
-    const int code_bytes = valid ? 16 : 0;
+  constexpr int kStageSlots = kMT * 2 * kThreads;
+  uint4* const ring_codes = ring_smem + threadIdx.x;
+  uint32_t* const ring_scales = reinterpret_cast<uint32_t*>(ring_smem + kRing * kStageSlots) + threadIdx.x;
+  // Blocks from this one on are "checked": a lane's quad may lie past K
+  // (zero-filled, nothing read) or its 4-byte scale word may run past its
+  // row's end (clamped). Before it every quad is inside K and every word
+  // inside its row: NVFP4 words end <= 4 bytes after the quad's 2 scale
+  // bytes and the next K block holds >= 2 more; MXFP4 words may end 3 bytes
+  // after the quad's byte, which only a full next block (4 bytes) covers.
+  const int first_checked =
+      num_kb_total - 1 - ((WF == Format::kMXFP4 && a.k_dim % kKBlock != 0) ? 1 : 0) - split.first;
+  // Copies K block kbi's quads into ring stage `stage`.
+  auto ring_issue = [&](int kbi, int stage) {
+    uint4* const codes = ring_codes + stage * kStageSlots;
+    uint32_t* const scales = ring_scales + stage * kStageSlots;
+    if (kbi < first_checked) {
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        if (!mt_valid[mt]) continue;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          CpAsync16(&codes[(mt * 2 + r) * kThreads], wsrc[mt][r] + kbi * (kKBlock / 2), 16);
+          CpAsync4(&scales[(mt * 2 + r) * kThreads], ssrc[mt][r] + kbi * kScaleStep, 4);
+        }
+      }
+      return;
+    }
+    const bool valid = k_begin + kbi * kKBlock + 32 * q < a.k_dim;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
       if (!mt_valid[mt]) continue;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const int slot = ring_slot(kbi, mt, r);
-        CpAsync16(&ring_codes[slot], code_bytes ? wrow[mt][r] + k / 2 : a.w, code_bytes);
-        const uint8_t* sp = srow[mt][r] + k / BlockSize(WF);
-        const uint8_t* word = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(sp) & ~uintptr_t{3});
-        const int to_row_end = static_cast<int>(srow[mt][r] + scale_cols - word);
-        CpAsync4(&ring_scales[slot], valid ? word : a.w_scale, valid ? min(4, to_row_end) : 0);
+        const uint8_t* word = ssrc[mt][r] + kbi * kScaleStep;
+        const uint8_t* row_end = a.w_scale + (weight_row(mt, r) + 1) * scale_cols;
+        CpAsync16(&codes[(mt * 2 + r) * kThreads], valid ? wsrc[mt][r] + kbi * (kKBlock / 2) : a.w, valid ? 16 : 0);
+        CpAsync4(&scales[(mt * 2 + r) * kThreads], valid ? word : a.w_scale,
+                 valid ? min(4, static_cast<int>(row_end - word)) : 0);
       }
     }
   };
@@ -144,11 +186,12 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
     if (warp_active)
 #pragma unroll
       for (int s = 0; s < WS - 1; ++s) {
-        if (s < num_kb) ring_issue(s);
+        if (s < num_kb) ring_issue(s, s);
         CpAsyncCommit();  // empty groups too: the wait below counts groups
       }
   }
-  int kbi = 0;  // K block index within this split, across chunks
+  int kbi = 0;         // K block index within this split, across chunks
+  int read_stage = 0;  // kbi % kRing
 
   for (int k0 = k_begin; k0 < k_end; k0 += KC) {
     __syncthreads();  // the previous chunk is consumed; s_expanded is visible
@@ -170,38 +213,36 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
     for (int kb = k0; kb < kend; kb += kKBlock, ++kbi) {
       const int k = kb + 32 * q;
       WeightQuad wq[kMT][2];
+      uint32_t sc[kMT][2];  // QuadScalePair of each quad
       if constexpr (WS > 0) {
-        // Refill the slot read one K block ago, then wait for this block's.
-        if (kbi + WS - 1 < num_kb) ring_issue(kbi + WS - 1);
+        // Refill the stage read one K block ago, then wait for this block's.
+        const int refill_stage = read_stage == 0 ? kRing - 1 : read_stage - 1;
+        if (kbi + WS - 1 < num_kb) ring_issue(kbi + WS - 1, refill_stage);
         CpAsyncCommit();
         CpAsyncWait<WS - 1>();
+        const uint4* const codes = ring_codes + read_stage * kStageSlots;
+        const uint32_t* const scales = ring_scales + read_stage * kStageSlots;
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
             wq[mt][r] = WeightQuad{make_uint4(0, 0, 0, 0), 0u};
+            sc[mt][r] = 0u;
             if (!mt_valid[mt]) continue;
-            const int slot = ring_slot(kbi, mt, r);
-            wq[mt][r].codes = ring_codes[slot];
-            // The scale byte(s) (NVFP4: 2, at an even address) sit at the
-            // word offset of their address.
-            const uint32_t shift = 8u * static_cast<uint32_t>(
-                (reinterpret_cast<uintptr_t>(srow[mt][r]) + k / BlockSize(WF)) & 3u);
-            wq[mt][r].scales = (ring_scales[slot] >> shift) & (WF == Format::kNVFP4 ? 0xffffu : 0xffu);
+            wq[mt][r].codes = codes[(mt * 2 + r) * kThreads];
+            sc[mt][r] = QuadScalePair<WF>(scales[(mt * 2 + r) * kThreads], scale_sel[mt]);
           }
+        read_stage = read_stage == kRing - 1 ? 0 : read_stage + 1;
       } else {
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-          for (int r = 0; r < 2; ++r)
-            wq[mt][r] = mt_valid[mt] ? LoadWeightQuad<WF>(wrow[mt][r], srow[mt][r], k, a.k_dim, aligned16, scale_pairs)
+          for (int r = 0; r < 2; ++r) {
+            wq[mt][r] = mt_valid[mt] ? LoadWeightQuad<WF>(wsrc[mt][r], ssrc[mt][r], k, a.k_dim, aligned16, scale_pairs)
                                      : WeightQuad{make_uint4(0, 0, 0, 0), 0u};
+            sc[mt][r] = QuadScalePair<WF>(wq[mt][r]);
+          }
       }
-      uint32_t sc[kMT][2][2];
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) QuadScales<WF>(wq[mt][r], sc[mt][r]);
       const int slot0 = ((kb - k0) / kKBlock) * 16 + q;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -209,7 +250,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-          for (int r = 0; r < 2; ++r) DecodeWord(wq[mt][r], j, sc[mt][r], af[mt][r]);
+          for (int r = 0; r < 2; ++r) DecodeWord<WF>(wq[mt][r], j, sc[mt][r], af[mt][r]);
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt) {
           const uint4 bv = s_act[(wt * TW + nt * 8 + g) * kRowVec + slot0 + 4 * j];

@@ -186,12 +186,11 @@ __device__ __forceinline__ void WsProduce(const GemmArgs& a, int tile, int exper
 #pragma unroll
     for (int i = 0; i < S::kQuads; ++i) {
       const int mt = p + kProducers * i;
-      uint32_t scale[2];
-      QuadScales<WF>(cur_w[i], scale);
+      const uint32_t scale = QuadScalePair<WF>(cur_w[i]);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         uint32_t d[4];
-        DecodeWord(cur_w[i], j, scale, d);
+        DecodeWord<WF>(cur_w[i], j, scale, d);
         StoreShared16(a_st + mt * S::kATileBytes + wgmma::Sw128Offset(arow, 4 * ahalf + j),
                       make_uint4(d[0], d[1], d[2], d[3]));
       }
