@@ -11,6 +11,7 @@
 //     ffi_src/common/{problem,tactics}.cc -o stage_timer
 //   ./stage_timer [--models a,b] [--tokens 1,8] [--tactics default,name] [--weights nvfp4] [--reps 30]
 //   ./stage_timer --pattern [--reps 30]    # the weight access-pattern probe alone
+//   ./stage_timer --finalize --tokens 256,512,4096   # also each finalize kernel alone per row
 //
 // JAX_MOE_MAX_K_SPLITS applies as in the op (the staged family's split-K).
 #include <cuda_runtime.h>
@@ -21,6 +22,7 @@
 #include <cstring>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/ffi_glue.h"
@@ -112,7 +114,7 @@ double Median(std::vector<float> v) {
 }
 
 int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf, int reps, uint8_t* flush,
-            size_t flush_bytes) {
+            size_t flush_bytes, bool finalize_kinds) {
   MoeProblem p;
   p.num_tokens = T; p.hidden_size = m.H; p.intermediate_size = m.I;
   p.num_local_experts = m.E; p.local_expert_offset = 0;
@@ -209,6 +211,33 @@ int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf
               static_cast<long long>(T), tactic.name, cuda::g_max_k_splits.load(), Median(whole));
   for (int i = 0; i < 5; ++i) std::printf(" %s %8.1f", names[i], Median(per[i]));
   std::printf("\n");
+  if (finalize_kinds) {
+    // The finalize kernels alone on this run's y and maps (the issue's finalize
+    // target: share of HBM bandwidth on its own bytes, vectorized vs scalar):
+    // bytes = the K bf16 rows read per token + the output row written.
+    const double bytes = static_cast<double>(T) * H * 2 * (m.K + 1);
+    std::printf("finalize %-14s T=%-6lld K=%lld H=%lld %.2f MB |", m.name, static_cast<long long>(T),
+                static_cast<long long>(m.K), static_cast<long long>(H), bytes / 1e6);
+    const std::pair<const char*, cuda::FinalizeKernel> kinds[2] = {{"vectorized", cuda::FinalizeKernel::kVectorized},
+                                                                   {"scalar", cuda::FinalizeKernel::kScalar}};
+    for (const auto& [kind_name, kind] : kinds) {
+      std::vector<float> t;
+      for (int rep = -2; rep < reps; ++rep) {
+        CHECK_CUDA(cudaMemsetAsync(flush, rep & 0xff, flush_bytes, s));
+        CHECK_CUDA(cudaEventRecord(ev[0], s));
+        const ffi::Error err = cuda::LaunchFinalizeKernel(p, b, ws, kind, s);
+        if (err.failure()) { std::printf("finalize failed: %s\n", err.message().c_str()); return 1; }
+        CHECK_CUDA(cudaEventRecord(ev[1], s));
+        CHECK_CUDA(cudaEventSynchronize(ev[1]));
+        float ms = 0;
+        CHECK_CUDA(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+        if (rep >= 0) t.push_back(ms);
+      }
+      const double us = Median(t);
+      std::printf(" %s %8.1f us %6.0f GB/s", kind_name, us, bytes / (us * 1e3));
+    }
+    std::printf("\n");
+  }
   std::fflush(stdout);
   for (auto& e : ev) CHECK_CUDA(cudaEventDestroy(e));
   CHECK_CUDA(cudaStreamDestroy(s));
@@ -324,12 +353,14 @@ int main(int argc, char** argv) {
   std::string models = "qwen3-30b-a3b,gpt-oss-120b,deepseek-v3,mixtral-8x7b", tokens = "1,8,64",
               tactics = "default", weights = "nvfp4";
   int reps = 30;
-  bool pattern = false;
-  for (int i = 1; i < argc; ++i)
+  bool pattern = false, finalize_kinds = false;
+  for (int i = 1; i < argc; ++i) {
     if (std::string(argv[i]) == "--pattern") pattern = true;
+    if (std::string(argv[i]) == "--finalize") finalize_kinds = true;
+  }
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--pattern") { --i; continue; }
+    if (k == "--pattern" || k == "--finalize") { --i; continue; }
     if (k == "--models") models = v;
     else if (k == "--tokens") tokens = v;
     else if (k == "--tactics") tactics = v;
@@ -354,7 +385,7 @@ int main(int argc, char** argv) {
       for (const std::string& t : Split(tokens))
         for (const std::string& tac : Split(tactics))
           failures += TimeOne(*m, std::atoll(t.c_str()), tac, w == "mxfp4" ? Format::kMXFP4 : Format::kNVFP4,
-                              reps, flush, flush_bytes);
+                              reps, flush, flush_bytes, finalize_kinds);
     }
   CHECK_CUDA(cudaFree(flush));
   return failures ? 1 : 0;

@@ -6,8 +6,9 @@ benchmarks/results JSON + markdown.
       --out benchmarks/results/decode_profile_<date>
 
 Rows: one per (model, weights, T, tactic, split cap) with the pipeline time
-and each stage's time (us, medians); the access-pattern probe rows; the ncu
-counters of the launches in the summary.
+and each stage's time (us, medians); the access-pattern probe rows; the
+finalize kernels alone (`stage_timer --finalize`); the ncu counters of the
+launches in the summary.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import re
 _HEADER = re.compile(r"stage_timer: median of (\d+), .*JAX_MOE_MAX_K_SPLITS=(\S+)")
 _ROW = re.compile(r"(\S+)\s+(nvfp4|mxfp4) T=(\d+)\s+(\S+)\s+splits<=(\d+) pipeline\s+([\d.]+) us \|(.*)")
 _STAGE = re.compile(r"(routing|permute|gemm1|gemm2|finalize)\s+([\d.]+)")
+_FINALIZE = re.compile(r"finalize (\S+)\s+T=(\d+)\s+K=(\d+) H=(\d+) ([\d.]+) MB \| vectorized\s+([\d.]+) us\s+(\d+) GB/s"
+                       r" scalar\s+([\d.]+) us\s+(\d+) GB/s")
 _PATTERN = re.compile(r"pattern (.+?)\s+(linear|tiled)\s+spin\s+(\d+)\s+(\d+) warps\s+([\d.]+) MB\s+([\d.]+) us\s+(\d+) GB/s")
 
 
@@ -39,6 +42,18 @@ def parse_timer(text: str) -> tuple[list[dict], list[dict]]:
                                  warps=int(m.group(4)), mb=float(m.group(5)), us=float(m.group(6)),
                                  gb_per_s=int(m.group(7))))
     return rows, patterns
+
+
+def parse_finalize(text: str) -> list[dict]:
+    """The `finalize ...` rows of `stage_timer --finalize` (each kernel alone, L2 flushed)."""
+    rows = []
+    for line in text.splitlines():
+        if m := _FINALIZE.match(line.strip()):
+            vec, scalar = float(m.group(6)), float(m.group(8))
+            rows.append(dict(model=m.group(1), T=int(m.group(2)), K=int(m.group(3)), H=int(m.group(4)),
+                             mb=float(m.group(5)), vectorized_us=vec, vectorized_gb_per_s=int(m.group(7)),
+                             scalar_us=scalar, scalar_gb_per_s=int(m.group(9)), speedup=scalar / vec))
+    return rows
 
 
 def parse_counters(text: str) -> list[dict]:
@@ -71,6 +86,13 @@ def markdown(d: dict) -> str:
                 "| shape | layout | spin | warps | MB | us | GB/s |", "|---|---|---|---|---|---|---|"]
         out += [f"| {p['shape']} | {p['layout']} | {p['spin']} | {p['warps']} | {p['mb']:.2f} | {p['us']:.1f} | "
                 f"{p['gb_per_s']} |" for p in d["patterns"]]
+    if d.get("finalize"):
+        out += ["", "Finalize kernels alone (L2 flushed; bytes = K bf16 rows read + one written per token):", "",
+                "| model | T | K | H | MB | vectorized (us) | GB/s | scalar (us) | GB/s | vec / scalar speedup |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        out += [f"| {f['model']} | {f['T']} | {f['K']} | {f['H']} | {f['mb']:.2f} | {f['vectorized_us']:.1f} | "
+                f"{f['vectorized_gb_per_s']} | {f['scalar_us']:.1f} | {f['scalar_gb_per_s']} | {f['speedup']:.2f} |"
+                for f in d["finalize"]]
     if d["counters"]:
         out += ["", "ncu counters (first launch of each kernel per model):", ""]
         seen = set()
@@ -101,15 +123,18 @@ def main() -> None:
     ap.add_argument("--date", default=datetime.date.today().isoformat())
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    rows, patterns = parse_timer(open(a.timer).read())
+    text = open(a.timer).read()
+    rows, patterns = parse_timer(text)
+    finalize = parse_finalize(text)
     counters = parse_counters(open(a.counters).read()) if a.counters else []
     d = dict(device=a.device, date=a.date, commit=a.commit, command=a.command, gpu_tests=a.gpu_tests,
-             rows=rows, patterns=patterns, counters=counters)
+             rows=rows, patterns=patterns, finalize=finalize, counters=counters)
     with open(a.out + ".json", "w") as f:
         json.dump(d, f, indent=1)
     with open(a.out + ".md", "w") as f:
         f.write(markdown(d))
-    print(f"wrote {a.out}.json / .md: {len(rows)} rows, {len(patterns)} probe rows, {len(counters)} launches")
+    print(f"wrote {a.out}.json / .md: {len(rows)} rows, {len(patterns)} probe rows, {len(finalize)} finalize rows, "
+          f"{len(counters)} launches")
 
 
 if __name__ == "__main__":

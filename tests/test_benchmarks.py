@@ -57,6 +57,15 @@ def test_timer_report_parses_the_stage_timer_output(tmp_path):
                          gemm2_us=114.8, finalize_us=4.5)]
     assert patterns == [dict(shape="deepseek-v3 gemm1 T=1", layout="linear", spin=200, warps=512, mb=117.44,
                              us=58.3, gb_per_s=2013)]
+    # The finalize-alone line (printf format of stage_timer --finalize).
+    fin = timer_report.parse_finalize(
+        "finalize deepseek-v3    T=256    K=8 H=7168 33.03 MB | vectorized     14.2 us   2326 GB/s"
+        " scalar     21.3 us   1551 GB/s\n")
+    assert fin == [dict(model="deepseek-v3", T=256, K=8, H=7168, mb=33.03, vectorized_us=14.2,
+                        vectorized_gb_per_s=2326, scalar_us=21.3, scalar_gb_per_s=1551, speedup=21.3 / 14.2)]
     md = timer_report.markdown(dict(device="d", date="x", commit="c", command="cmd", gpu_tests="t", rows=rows,
                                     patterns=patterns, counters=[]))
     assert "| 224.7 | 6.7 | 5.3 | 98.8 | 114.8 | 4.5 |" in md
+    md = timer_report.markdown(dict(device="d", date="x", commit="c", command="cmd", gpu_tests="t", rows=rows,
+                                    patterns=patterns, finalize=fin, counters=[]))
+    assert "| deepseek-v3 | 256 | 8 | 7168 | 33.03 | 14.2 | 2326 | 21.3 | 1551 | 1.50 |" in md
