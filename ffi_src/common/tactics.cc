@@ -93,10 +93,10 @@ std::string TacticInvalidReason(const MoeProblem& p, Platform platform, int64_t 
 }
 
 // Why these bounds (benchmarks/stage_timer.cu on an H200, 2026-12-01,
-// benchmarks/NOTES.md v5): the staged kernel is issue-bound with a few warps
-// per SM, and every block pays a latency-bound prologue (tile lookup,
-// activation staging, ring fill) and epilogue, so a split pays only when it
-// keeps many K blocks. Measured wins: Mixtral GEMM2 at T = 1 (64 blocks, 112
+// benchmarks/NOTES.md v5): the staged kernel runs a few warps per SM (not
+// issue-bound, v6 found, as v5 had thought), and every block pays a
+// latency-bound prologue (tile lookup, activation staging, ring fill) and
+// epilogue, so a split pays only when it keeps many K blocks. Measured wins: Mixtral GEMM2 at T = 1 (64 blocks, 112
 // K blocks) 114.8 -> 58.0 us with 4 splits, at T = 8 (288 blocks, 4.4 per SM
 // once split) 234.9 -> 172.6 us with 2; DeepSeek-V3 GEMM1 at T = 1 (128
 // blocks, 56 K blocks) 105.3 -> 94.3 us with 2. Measured losses: splits of

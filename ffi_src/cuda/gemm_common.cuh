@@ -190,8 +190,10 @@ __device__ __forceinline__ uint4 LoadActivationGroup(const GemmArgs& a, int64_t 
 
 // One weight row's share for a lane: 32 FP4 elements (16 bytes) and their
 // raw block-scale bytes (NVFP4: two e4m3 bytes, the low one for elements
-// 0..15; MXFP4: one ue8m0 byte). Scales stay raw until QuadScalePair so a
-// register stage holds 5 words per quad.
+// 0..15; MXFP4: one ue8m0 byte) in the low bytes of `scales` (the staged
+// family's ring keeps the aligned word holding them, and a per-row
+// QuadScaleSelector picks them out). Scales stay raw until QuadScalePair so
+// a register stage holds 5 words per quad.
 struct WeightQuad {
   uint4 codes;
   uint32_t scales;

@@ -27,8 +27,8 @@
 // per-thread cp.async groups order it, no barrier is needed. The copies of
 // every K block but the last one or two are unchecked (each lane's source
 // pointers advance by a constant per K block); only the tail pays for the
-// bounds checks. At T = 1 the kernel is bound by instruction issue, so
-// per-K-block address arithmetic counts as much as the decode.
+// bounds checks (~240 -> ~50 instructions per K block; benchmarks/NOTES.md
+// v6 measured what that bought at T = 1: little, the loop is not issue-bound).
 //
 // Split-K (grid.z > 1, cuda/split_k.cuh): when the tiles x feature blocks
 // grid leaves the device under-filled (decode), block z runs only its share

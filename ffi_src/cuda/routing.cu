@@ -13,7 +13,8 @@ namespace jax_moe::cuda {
 namespace {
 
 constexpr int kWarpsPerBlock = 4;
-constexpr int kSlots = kMaxExperts / 32;  // experts per lane
+constexpr int kSlots = kMaxExperts / 32;  // experts per lane, at most
+static_assert(kSlots <= 32, "WarpTopK keeps a lane's taken slots in one 32-bit mask");
 
 struct Best {
   float score;
