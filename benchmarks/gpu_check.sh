@@ -14,6 +14,7 @@
 #   timerbuild  build benchmarks/stage_timer.cu alone (timer and counters build it when missing)
 #   timer     benchmarks/stage_timer.cu (JAX-free per-stage device times, TIMER_ARGS), once per
 #             split-K cap in TIMER_CAPS (JAX_MOE_MAX_K_SPLITS; default "8 1": with and without)
+#             and per knob setting in TIMER_VARIANTS (L2 prefetch, dependent launch)
 #   counters  ncu counters (DRAM, issue, occupancy, stall reasons) of the pipeline's kernels, run
 #             on stage_timer (COUNTER_ARGS: its options; COUNTER_KERNELS: a kernel-name regex)
 #   multigpu  pytest -m multigpu + benchmarks/ep.py -> benchmarks/results/ep.{json,md} (>= 2 GPUs)
@@ -74,9 +75,16 @@ if { has timer || has counters || has timerbuild; } && [ ! -x /tmp/stage_timer ]
 fi
 
 if has timer; then
-  /tmp/stage_timer --pattern --reps 20 > "$OUT/timer.txt" 2>&1
+  : > "$OUT/timer.txt"
+  [ "${TIMER_PATTERN:-1}" != 0 ] && /tmp/stage_timer --pattern --reps 20 >> "$OUT/timer.txt" 2>&1  # TIMER_PATTERN=0 skips the probe
+  # TIMER_VARIANTS: space-separated runs, each "default" or comma-separated VAR=value
+  # settings of the per-call knobs, e.g. "default JAX_MOE_L2_PREFETCH=0,JAX_MOE_DEPENDENT_LAUNCH=0".
   for cap in ${TIMER_CAPS:-8 1}; do
-    JAX_MOE_MAX_K_SPLITS=$cap /tmp/stage_timer ${TIMER_ARGS:-} >> "$OUT/timer.txt" 2>&1
+    for variant in ${TIMER_VARIANTS:-default}; do
+      SETTINGS=()
+      [ "$variant" != default ] && IFS=, read -ra SETTINGS <<< "$variant"
+      env JAX_MOE_MAX_K_SPLITS=$cap "${SETTINGS[@]}" /tmp/stage_timer ${TIMER_ARGS:-} >> "$OUT/timer.txt" 2>&1
+    done
   done
   cat "$OUT/timer.txt"
 fi

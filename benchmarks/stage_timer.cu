@@ -371,9 +371,15 @@ int main(int argc, char** argv) {
   const size_t flush_bytes = size_t{256} << 20;
   uint8_t* flush = nullptr;
   CHECK_CUDA(cudaMalloc(&flush, flush_bytes));
-  const char* cap = std::getenv("JAX_MOE_MAX_K_SPLITS");
-  std::printf("stage_timer: median of %d, L2 flushed before each, JAX_MOE_MAX_K_SPLITS=%s\n", reps,
-              cap ? cap : "(unset)");
+  auto env = [](const char* name) {
+    const char* v = std::getenv(name);
+    return v ? v : "(unset)";
+  };
+  // The knobs the handlers read per call: split cap, L2 prefetch distance,
+  // dependent launch (timer_report keys the rows on them).
+  std::printf("stage_timer: median of %d, L2 flushed before each, JAX_MOE_MAX_K_SPLITS=%s "
+              "JAX_MOE_L2_PREFETCH=%s JAX_MOE_DEPENDENT_LAUNCH=%s\n",
+              reps, env("JAX_MOE_MAX_K_SPLITS"), env("JAX_MOE_L2_PREFETCH"), env("JAX_MOE_DEPENDENT_LAUNCH"));
   if (pattern) return ProbePatterns(reps, flush, flush_bytes);
   int failures = 0;
   for (const std::string& w : Split(weights))

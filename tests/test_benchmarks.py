@@ -50,11 +50,19 @@ def test_timer_report_parses_the_stage_timer_output(tmp_path):
         "pattern deepseek-v3 gemm1 T=1          linear spin 200   512 warps   117.44 MB     58.3 us    2013 GB/s\n"
         "stage_timer: median of 30, L2 flushed before each, JAX_MOE_MAX_K_SPLITS=1\n"
         "mixtral-8x7b   nvfp4 T=1      cuda_mma_t8_n128_r4    splits<=1 pipeline     224.7 us | routing      6.7 "
-        "permute      5.3 gemm1     98.8 gemm2    114.8 finalize      4.5\n")
+        "permute      5.3 gemm1     98.8 gemm2    114.8 finalize      4.5\n"
+        # The header since the L2-prefetch and dependent-launch knobs.
+        "stage_timer: median of 30, L2 flushed before each, JAX_MOE_MAX_K_SPLITS=8 JAX_MOE_L2_PREFETCH=0 "
+        "JAX_MOE_DEPENDENT_LAUNCH=(unset)\n"
+        "mixtral-8x7b   nvfp4 T=1      cuda_mma_t8_n128_r4    splits<=4 pipeline     161.4 us | routing      5.9 "
+        "permute      5.1 gemm1     93.8 gemm2     58.2 finalize      4.5\n")
     rows, patterns = timer_report.parse_timer(text)
     assert rows == [dict(model="mixtral-8x7b", weights="nvfp4", T=1, tactic="cuda_mma_t8_n128_r4", split_cap="1",
-                         max_splits_used=1, pipeline_us=224.7, routing_us=6.7, permute_us=5.3, gemm1_us=98.8,
-                         gemm2_us=114.8, finalize_us=4.5)]
+                         l2_prefetch="n/a", dependent_launch="n/a", max_splits_used=1, pipeline_us=224.7,
+                         routing_us=6.7, permute_us=5.3, gemm1_us=98.8, gemm2_us=114.8, finalize_us=4.5),
+                    dict(model="mixtral-8x7b", weights="nvfp4", T=1, tactic="cuda_mma_t8_n128_r4", split_cap="8",
+                         l2_prefetch="0", dependent_launch="(unset)", max_splits_used=4, pipeline_us=161.4,
+                         routing_us=5.9, permute_us=5.1, gemm1_us=93.8, gemm2_us=58.2, finalize_us=4.5)]
     assert patterns == [dict(shape="deepseek-v3 gemm1 T=1", layout="linear", spin=200, warps=512, mb=117.44,
                              us=58.3, gb_per_s=2013)]
     # The finalize-alone line (printf format of stage_timer --finalize).
@@ -65,7 +73,8 @@ def test_timer_report_parses_the_stage_timer_output(tmp_path):
                         vectorized_gb_per_s=2326, scalar_us=21.3, scalar_gb_per_s=1551, speedup=21.3 / 14.2)]
     md = timer_report.markdown(dict(device="d", date="x", commit="c", command="cmd", gpu_tests="t", rows=rows,
                                     patterns=patterns, counters=[]))
-    assert "| 224.7 | 6.7 | 5.3 | 98.8 | 114.8 | 4.5 |" in md
+    assert "| n/a | n/a | 1 | 224.7 | 6.7 | 5.3 | 98.8 | 114.8 | 4.5 |" in md
+    assert "| 0 | (unset) | 4 | 161.4 | 5.9 | 5.1 | 93.8 | 58.2 | 4.5 |" in md
     md = timer_report.markdown(dict(device="d", date="x", commit="c", command="cmd", gpu_tests="t", rows=rows,
                                     patterns=patterns, finalize=fin, counters=[]))
     assert "| deepseek-v3 | 256 | 8 | 7168 | 33.03 | 14.2 | 2326 | 21.3 | 1551 | 1.50 |" in md

@@ -34,4 +34,12 @@ __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
+// A hint: fetch the 128-byte line holding `p` into L2 (no register, no
+// completion to wait for, never faults on a valid address). The staged
+// family runs it some K blocks ahead of its loads so the DRAM requests of a
+// warp's next blocks are in flight while it decodes (gemm_mma.cuh).
+__device__ __forceinline__ void PrefetchL2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+
 }  // namespace jax_moe::cuda

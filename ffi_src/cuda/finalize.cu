@@ -16,6 +16,7 @@
 // the GPU with one block per token.
 #include "common/fp_formats.h"
 #include "cuda/cuda_check.h"
+#include "cuda/dependent_launch.cuh"
 #include "cuda/stages.cuh"
 
 namespace jax_moe::cuda {
@@ -42,6 +43,7 @@ __global__ void __launch_bounds__(kVecThreads)
                       uint16_t* __restrict__ out) {
   __shared__ int s_row[kMaxTopK];
   __shared__ float s_w[kMaxTopK];
+  WaitForPredecessor();  // y (GEMM2's output)
   const int64_t t = blockIdx.x;
   if (threadIdx.x < K) {
     s_row[threadIdx.x] = e2p[t * K + threadIdx.x];
@@ -67,6 +69,7 @@ __global__ void __launch_bounds__(kVecThreads)
 __global__ void FinalizeScalarKernel(const uint16_t* __restrict__ y, const int32_t* __restrict__ e2p,
                                      const float* __restrict__ weights, bool weight_on_input, int K,
                                      int64_t H, int64_t total, uint16_t* __restrict__ out) {
+  WaitForPredecessor();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= total) return;
   const int64_t t = i / H, c = i % H;
@@ -82,6 +85,7 @@ __global__ void FinalizeScalarKernel(const uint16_t* __restrict__ y, const int32
 
 // do_finalize=False: rows of (t, k) pairs whose expert lives elsewhere are 0.
 __global__ void ZeroNonLocalRowsKernel(const int32_t* __restrict__ e2p, int64_t H, uint16_t* out) {
+  WaitForPredecessor();
   const int64_t ex = blockIdx.x;
   if (e2p[ex] >= 0) return;
   for (int64_t v = threadIdx.x; v < H / 8; v += blockDim.x)
@@ -90,39 +94,41 @@ __global__ void ZeroNonLocalRowsKernel(const int32_t* __restrict__ e2p, int64_t 
 
 }  // namespace
 
-ffi::Error LaunchFinalizeKernel(const MoeProblem& p, const MoeBuffers& b, const Workspace& ws,
-                                FinalizeKernel kind, cudaStream_t stream) {
+// `dependent`: launched as a programmatic dependent of GEMM2 (the kernels
+// wait for it first); the benchmarks' finalize-alone runs launch normally.
+static ffi::Error LaunchFinalizeKernel(const MoeProblem& p, const MoeBuffers& b, const Workspace& ws,
+                                       FinalizeKernel kind, bool dependent, cudaStream_t stream) {
   const int64_t T = p.num_tokens, H = p.hidden_size;
   const int K = static_cast<int>(p.routing.top_k);
   if (kind == FinalizeKernel::kAuto)  // one block per token needs enough tokens to fill the SMs
     kind = T >= 32 ? FinalizeKernel::kVectorized : FinalizeKernel::kScalar;
   if (kind == FinalizeKernel::kScalar) {
     const int64_t total = T * H;
-    FinalizeScalarKernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(
-        ws.y, ws.expanded_to_permuted, b.topk_weights, p.routing_weight_on_input, K, H, total, b.out);
-    return LaunchError("finalize (scalar) kernel");
+    return CudaError(LaunchDependent(dependent, FinalizeScalarKernel, dim3(static_cast<unsigned>((total + 255) / 256)),
+                                     dim3(256), 0, stream, ws.y, ws.expanded_to_permuted, b.topk_weights,
+                                     p.routing_weight_on_input, K, H, total, b.out),
+                     "finalize (scalar) kernel");
   }
   const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>((H / 8 + kVecThreads - 1) / kVecThreads));
-  if (K % 4 == 0)
-    FinalizeVecKernel<4><<<grid, kVecThreads, 0, stream>>>(ws.y, ws.expanded_to_permuted, b.topk_weights,
-                                                          p.routing_weight_on_input, K, H, b.out);
-  else if (K % 2 == 0)
-    FinalizeVecKernel<2><<<grid, kVecThreads, 0, stream>>>(ws.y, ws.expanded_to_permuted, b.topk_weights,
-                                                          p.routing_weight_on_input, K, H, b.out);
-  else
-    FinalizeVecKernel<1><<<grid, kVecThreads, 0, stream>>>(ws.y, ws.expanded_to_permuted, b.topk_weights,
-                                                          p.routing_weight_on_input, K, H, b.out);
-  return LaunchError("finalize (vectorized) kernel");
+  const auto kernel = K % 4 == 0 ? FinalizeVecKernel<4> : (K % 2 == 0 ? FinalizeVecKernel<2> : FinalizeVecKernel<1>);
+  return CudaError(LaunchDependent(dependent, kernel, grid, dim3(kVecThreads), 0, stream, ws.y,
+                                   ws.expanded_to_permuted, b.topk_weights, p.routing_weight_on_input, K, H,
+                                   b.out),
+                   "finalize (vectorized) kernel");
+}
+
+ffi::Error LaunchFinalizeKernel(const MoeProblem& p, const MoeBuffers& b, const Workspace& ws,
+                                FinalizeKernel kind, cudaStream_t stream) {
+  return LaunchFinalizeKernel(p, b, ws, kind, /*dependent=*/false, stream);
 }
 
 ffi::Error LaunchFinalize(const MoeProblem& p, const MoeBuffers& b, const Workspace& ws,
                           cudaStream_t stream) {
-  if (!p.do_finalize) {
-    ZeroNonLocalRowsKernel<<<static_cast<unsigned>(p.expanded()), 128, 0, stream>>>(
-        ws.expanded_to_permuted, p.hidden_size, b.out);
-    return LaunchError("zero non-local rows kernel");
-  }
-  return LaunchFinalizeKernel(p, b, ws, FinalizeKernel::kAuto, stream);
+  if (!p.do_finalize)
+    return CudaError(LaunchDependent(true, ZeroNonLocalRowsKernel, dim3(static_cast<unsigned>(p.expanded())),
+                                     dim3(128), 0, stream, ws.expanded_to_permuted, p.hidden_size, b.out),
+                     "zero non-local rows kernel");
+  return LaunchFinalizeKernel(p, b, ws, FinalizeKernel::kAuto, /*dependent=*/true, stream);
 }
 
 }  // namespace jax_moe::cuda

@@ -5,6 +5,8 @@
 // kernels cannot drift apart.
 #pragma once
 
+#include <cstdlib>
+
 #include "common/ffi_glue.h"
 #include "common/str_cat.h"
 #include "common/workspace.h"
@@ -51,6 +53,17 @@ ffi::Error DispatchGemm(const GemmArgs& args, Format weight_format, int64_t tact
   return CudaError(fn(args, max_tiles, stream), what);
 }
 
+// JAX_MOE_L2_PREFETCH=n: the staged family's L2 prefetch distance in K
+// blocks (0 turns it off; default 8). Read per call, host-side, so a
+// benchmark can time both in one process.
+inline int L2PrefetchFromEnv() {
+  constexpr int kDefault = 8;
+  const char* v = std::getenv("JAX_MOE_L2_PREFETCH");
+  if (v == nullptr || v[0] == '\0') return kDefault;
+  const int n = std::atoi(v);
+  return n < 0 ? 0 : (n > 64 ? 64 : n);
+}
+
 // The fields both GEMMs share: tiles, routing weights, activation.
 inline GemmArgs CommonGemmArgs(const MoeProblem& p, const MoeBuffers& b, const Workspace& ws) {
   GemmArgs a{};
@@ -65,6 +78,10 @@ inline GemmArgs CommonGemmArgs(const MoeProblem& p, const MoeBuffers& b, const W
   a.split_k_limit = static_cast<int>(ws.layout.split_k_limit);
   a.partials = ws.partials;
   a.tickets = ws.tickets;
+  a.l2_prefetch_kb = L2PrefetchFromEnv();
+  const char* act = std::getenv("JAX_MOE_ACT_PREFETCH");
+  a.act_prefetch = act == nullptr || act[0] != '0';
+  a.dependent = true;  // GEMM1 follows permute, GEMM2 follows GEMM1
   return a;
 }
 

@@ -37,6 +37,7 @@
 #pragma once
 
 #include "cuda/cp_async.cuh"
+#include "cuda/dependent_launch.cuh"
 #include "cuda/dynamic_smem.cuh"
 #include "cuda/gemm_common.cuh"
 #include "cuda/split_k.cuh"
@@ -72,11 +73,29 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   constexpr int kThreads = 32 * kWarpsT * WN;
   constexpr int kRowVec = KC / 8 + 4;  // 16-byte slots per staged row; +64 B keeps LDS.128 conflict-free
   static_assert(TT % TW == 0 && TW % 8 == 0 && KC % kKBlock == 0, "bad tactic");
-  static_assert(TT * kRowVec * 16 + TT * 4 <= 48 * 1024, "staging must fit static shared memory");
+  // Activation prefetch (bf16 activations): chunk c + 1 is copied with
+  // cp.async into the second buffer while chunk c computes, instead of a
+  // global round trip between two barriers at every chunk (DeepSeek-V3
+  // GEMM1 has 14 chunks at T = 1). The copies join the weight ring's group
+  // of the chunk's first K block; the ring's own waits complete that group
+  // before the chunk ends when a chunk holds >= WS K blocks. Small tiles
+  // only (two buffers must fit static shared memory).
+  constexpr bool kActPrefetch = TT <= 16 && WS <= KC / kKBlock;
+  constexpr int kActBufs = kActPrefetch ? 2 : 1;
+  static_assert(kActBufs * TT * kRowVec * 16 + TT * 4 <= 48 * 1024, "staging must fit static shared memory");
 
-  __shared__ uint4 s_act[TT * kRowVec];
+  __shared__ uint4 s_act[kActBufs][TT * kRowVec];
   __shared__ int32_t s_expanded[TT];
 
+  // Dependent launch (cuda/dependent_launch.cuh): GEMM1 needs permute's maps
+  // at once; GEMM2 reads them (permute finished before GEMM1 let it start)
+  // and starts streaming its weights while GEMM1 finishes, and waits only
+  // before it reads h.
+  constexpr bool kEarlyWeights = ST == GemmStage::kGemm2;
+  if constexpr (!kEarlyWeights) {
+    WaitForPredecessor();
+    AllowDependents();
+  }
   const int tile = blockIdx.x;
   if (tile >= *a.num_tiles) return;  // beyond the live tiles (device-side count)
   const int expert = a.tile_expert[tile];
@@ -182,6 +201,33 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
       }
     }
   };
+  // L2 prefetch: the lines of K block kbi's quads (codes and scale words),
+  // issued a.l2_prefetch_kb blocks beyond the loads in flight (the ring's
+  // WS - 1, or the ring-less kernel's current block), so each warp keeps
+  // that many more blocks of DRAM requests outstanding without a register or
+  // a byte of shared memory: at decode sizes the GEMMs ran at 1.2 TB/s, half
+  // of what a load-only probe of the same warps reached (NOTES v5, v6). Only
+  // blocks before first_checked, whose every quad lies inside its row.
+  constexpr int kInFlight = WS > 0 ? WS - 1 : 0;
+  auto l2_prefetch = [&](int kb) {
+    if (kb >= first_checked || kb >= num_kb) return;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      if (!mt_valid[mt]) continue;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if constexpr (WS > 0) {
+          PrefetchL2(wsrc[mt][r] + kb * (kKBlock / 2));
+          PrefetchL2(ssrc[mt][r] + kb * kScaleStep);
+        } else {
+          const int k = k_begin + kb * kKBlock + 32 * q;
+          PrefetchL2(wsrc[mt][r] + k / 2);
+          PrefetchL2(ssrc[mt][r] + k / BlockSize(WF));
+        }
+      }
+    }
+  };
+  const int l2_ahead = a.l2_prefetch_kb;
   if constexpr (WS > 0) {
     if (warp_active)
 #pragma unroll
@@ -190,28 +236,61 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
         CpAsyncCommit();  // empty groups too: the wait below counts groups
       }
   }
+  if (warp_active)
+    for (int d = 0; d < l2_ahead; ++d) l2_prefetch(kInFlight + d);
+  if constexpr (kEarlyWeights) {
+    WaitForPredecessor();  // h (GEMM1's output) and the split-K tickets from here on
+    AllowDependents();
+  }
   int kbi = 0;         // K block index within this split, across chunks
   int read_stage = 0;  // kbi % kRing
 
+  // act_async: this call prefetches activations (bf16 and the host allowed
+  // it: 16-byte aligned rows); s_act then holds raw bf16 groups, put in MMA
+  // order when read (DecodeActGroupAs<kBF16>: 4 byte permutes).
+  const bool act_async = kActPrefetch && a.act_prefetch && a.act_format == Format::kBF16;
+  auto act_source = [&](int row, int k, bool* ok) {
+    const int ex = s_expanded[row];
+    *ok = ex >= 0 && k < k_end;
+    const int64_t src = a.gather_tokens ? ex / a.top_k : static_cast<int64_t>(tile) * TT + row;
+    return src;
+  };
+  int buf = 0;  // the s_act buffer of this chunk
   for (int k0 = k_begin; k0 < k_end; k0 += KC) {
-    __syncthreads();  // the previous chunk is consumed; s_expanded is visible
-    // Stage activations [TT tokens x KC] as bf16 in MMA order (zeros past K
-    // and for padding rows, so no garbage can reach an accumulator).
-    for (int it = threadIdx.x; it < TT * (KC / 8); it += kThreads) {
-      const int row = it / (KC / 8), grp = it % (KC / 8), k = k0 + 8 * grp;
-      const int ex = s_expanded[row];
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (ex >= 0 && k < k_end) {
-        const int64_t src = a.gather_tokens ? ex / a.top_k : static_cast<int64_t>(tile) * TT + row;
-        v = LoadActivationGroup(a, src, k);
+    if (act_async && k0 != k_begin && (WS == 0 || !warp_active)) CpAsyncWait<0>();  // this chunk's copies
+    __syncthreads();  // the previous chunk is consumed; s_expanded and this chunk's copies are visible
+    if (!act_async || k0 == k_begin) {
+      // Stage activations [TT tokens x KC] as bf16 in MMA order (zeros past K
+      // and for padding rows, so no garbage can reach an accumulator).
+      for (int it = threadIdx.x; it < TT * (KC / 8); it += kThreads) {
+        const int row = it / (KC / 8), grp = it % (KC / 8), k = k0 + 8 * grp;
+        bool ok = false;
+        const int64_t src = act_source(row, k, &ok);
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (ok) v = act_async ? LoadRawActGroup(a, src, k).v : LoadActivationGroup(a, src, k);
+        s_act[buf][row * kRowVec + StagedSlot(grp)] = v;
       }
-      s_act[row * kRowVec + StagedSlot(grp)] = v;
+      __syncthreads();
     }
-    __syncthreads();
+    if (act_async && k0 + KC < k_end) {
+      // The next chunk's raw groups into the other buffer (every thread: the
+      // loop is block-wide; zero-filled where the sync path stores zeros).
+      for (int it = threadIdx.x; it < TT * (KC / 8); it += kThreads) {
+        const int row = it / (KC / 8), grp = it % (KC / 8), k = k0 + KC + 8 * grp;
+        bool ok = false;
+        const int64_t src = act_source(row, k, &ok);
+        CpAsync16(&s_act[buf ^ 1][row * kRowVec + StagedSlot(grp)],
+                  ok ? a.a_data + src * a.a_row_bytes + 2 * static_cast<int64_t>(k) : a.a_data, ok ? 16 : 0);
+      }
+      if (WS == 0 || !warp_active) CpAsyncCommit();  // else: with the ring's next group
+    }
+    const int cur = buf;
+    if (act_async) buf ^= 1;
     if (!warp_active) continue;
     const int kend = min(k0 + KC, k_end);
     for (int kb = k0; kb < kend; kb += kKBlock, ++kbi) {
       const int k = kb + 32 * q;
+      if (l2_ahead > 0) l2_prefetch(kbi + kInFlight + l2_ahead);
       WeightQuad wq[kMT][2];
       uint32_t sc[kMT][2];  // QuadScalePair of each quad
       if constexpr (WS > 0) {
@@ -263,7 +342,8 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
           for (int r = 0; r < 2; ++r) DecodeWord<WF>(wq[mt][r], j, sc[mt][r], af[mt][r]);
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt) {
-          const uint4 bv = s_act[(wt * TW + nt * 8 + g) * kRowVec + slot0 + 4 * j];
+          const uint4 raw = s_act[cur][(wt * TW + nt * 8 + g) * kRowVec + slot0 + 4 * j];
+          const uint4 bv = act_async ? DecodeActGroupAs<Format::kBF16>(RawActGroup{raw, 0u}) : raw;
 #pragma unroll
           for (int mt = 0; mt < kMT; ++mt) {
             if (!mt_valid[mt]) continue;
@@ -300,8 +380,9 @@ cudaError_t LaunchMmaSwapAbGemm(const GemmArgs& a, int64_t max_tiles, cudaStream
     grid.z = static_cast<unsigned>(KSplits(static_cast<int64_t>(grid.x) * grid.y, sms, limit, num_kb));
     if (grid.z > 1) NoteKSplits(static_cast<int>(grid.z));
   }
-  kKernel<<<grid, kThreads, smem, stream>>>(a);
-  return cudaGetLastError();
+  GemmArgs args = a;  // cp.async needs 16-byte aligned activation rows
+  args.act_prefetch = a.act_prefetch && a.a_row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(a.a_data) % 16 == 0;
+  return LaunchDependent(a.dependent, kKernel, grid, dim3(kThreads), smem, stream, args);
 }
 
 }  // namespace jax_moe::cuda

@@ -6,6 +6,7 @@
 // run to run; the outputs do not, because every output row depends only on
 // its own token and expert (no cross-row reduction anywhere).
 #include "cuda/cuda_check.h"
+#include "cuda/dependent_launch.cuh"
 #include "cuda/stages.cuh"
 
 namespace jax_moe::cuda {
@@ -21,6 +22,10 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ int s_tile_start[kMaxExperts + 1];  // exclusive prefix sum of tiles
   __shared__ int s_warp_sum[kThreads / 32];
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  // A dependent of routing: nothing of the workspace or the ids before it
+  // has finished; then GEMM1's blocks may become resident (they wait for us).
+  WaitForPredecessor();
+  AllowDependents();
 
   for (int e = tid; e < num_local; e += kThreads) s_count[e] = s_cursor[e] = 0;
   for (int64_t r = tid; r < max_rows; r += kThreads) ws.permuted_to_expanded[r] = -1;
@@ -96,11 +101,12 @@ __global__ void __launch_bounds__(kThreads)
 
 ffi::Error LaunchPermute(const MoeProblem& p, const int32_t* topk_ids, const Workspace& ws,
                          cudaStream_t stream) {
-  PermuteKernel<<<1, kThreads, 0, stream>>>(
-      topk_ids, p.expanded(), static_cast<int>(p.num_local_experts),
-      static_cast<int>(p.local_expert_offset), static_cast<int>(ws.layout.tile), ws.layout.max_rows,
-      ws.layout.max_tiles, ws);
-  return LaunchError("permute kernel");
+  // The routed op's ids arrive by a copy, not a kernel: a normal launch then.
+  return CudaError(LaunchDependent(!p.routed, PermuteKernel, dim3(1), dim3(kThreads), 0, stream, topk_ids,
+                                   p.expanded(), static_cast<int>(p.num_local_experts),
+                                   static_cast<int>(p.local_expert_offset), static_cast<int>(ws.layout.tile),
+                                   ws.layout.max_rows, ws.layout.max_tiles, ws),
+                   "permute kernel");
 }
 
 }  // namespace jax_moe::cuda

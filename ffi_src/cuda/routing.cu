@@ -7,6 +7,7 @@
 
 #include "common/routing_math.h"
 #include "cuda/cuda_check.h"
+#include "cuda/dependent_launch.cuh"
 #include "cuda/stages.cuh"
 
 namespace jax_moe::cuda {
@@ -115,10 +116,21 @@ struct WarpScratch {
   float w[kMaxTopK];
 };
 
+// One instantiation per routing method (kMethod): a kernel holds only its
+// own method's code. After the L2 flush that weights streaming through L2
+// amount to, a kernel's first instructions come from DRAM, and the one
+// kernel with every method's code (and RoutingWeights' switch) spent much of
+// its ~8 us at T = 1 with no instruction to issue (ncu: no_instruction and
+// branch stalls, 11% issue active; NOTES v5).
+template <RoutingMethod kMethod>
 __global__ void RoutingKernel(const float* __restrict__ logits, const float* __restrict__ bias,
                               RoutingParams rp, int num_tokens, int32_t* __restrict__ ids,
                               float* __restrict__ weights) {
+  rp.method = kMethod;  // a constant from here on: RoutingWeights keeps one case
   __shared__ WarpScratch s_warp[kWarpsPerBlock];
+  // Launched normally (after whatever XLA ran), so permute, launched as our
+  // dependent, may become resident now and wait for us.
+  AllowDependents();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int t = blockIdx.x * kWarpsPerBlock + warp;
   if (t >= num_tokens) return;
@@ -127,15 +139,26 @@ __global__ void RoutingKernel(const float* __restrict__ logits, const float* __r
   WarpScratch& ws = s_warp[warp];
   float* score = ws.score;
 
-  switch (rp.method) {
+  switch (kMethod) {
     case RoutingMethod::kDEFAULT: {
-      float m = -INFINITY;
-      for (int e = lane; e < E; e += 32) m = fmaxf(m, x[e]);
+      // The lane's logits are loaded once, all at once (one round trip), and
+      // kept in registers (a fully unrolled loop: static indices).
+      float xv[kSlots], m = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < kSlots; ++j) {
+        const int e = lane + 32 * j;
+        xv[j] = e < E ? x[e] : -INFINITY;
+        m = fmaxf(m, xv[j]);
+      }
       m = WarpMax(m);
       float s = 0.0f;
-      for (int e = lane; e < E; e += 32) s += expf(x[e] - m);
+#pragma unroll
+      for (int j = 0; j < kSlots; ++j)
+        if (lane + 32 * j < E) s += expf(xv[j] - m);
       s = WarpSum(s);
-      for (int e = lane; e < E; e += 32) score[e] = expf(x[e] - m) / s;
+#pragma unroll
+      for (int j = 0; j < kSlots; ++j)
+        if (lane + 32 * j < E) score[lane + 32 * j] = expf(xv[j] - m) / s;
       __syncwarp();
       WarpTopK(score, E, K, lane, ws.idx, ws.val);
       break;
@@ -191,9 +214,17 @@ ffi::Error LaunchRouting(const MoeProblem& p, const MoeBuffers& b, cudaStream_t 
                      "routing: copy topk_weights");
   }
   const int blocks = static_cast<int>((p.num_tokens + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  RoutingKernel<<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(b.logits, b.routing_bias, p.routing,
-                                                            static_cast<int>(p.num_tokens),
-                                                            b.topk_ids, b.topk_weights);
+  void (*kernel)(const float*, const float*, RoutingParams, int, int32_t*, float*) = nullptr;
+  switch (p.routing.method) {
+    case RoutingMethod::kDEFAULT: kernel = RoutingKernel<RoutingMethod::kDEFAULT>; break;
+    case RoutingMethod::kRENORMALIZE: kernel = RoutingKernel<RoutingMethod::kRENORMALIZE>; break;
+    case RoutingMethod::kTOPK: kernel = RoutingKernel<RoutingMethod::kTOPK>; break;
+    case RoutingMethod::kLLAMA4: kernel = RoutingKernel<RoutingMethod::kLLAMA4>; break;
+    case RoutingMethod::kDEEPSEEK_V3: kernel = RoutingKernel<RoutingMethod::kDEEPSEEK_V3>; break;
+  }
+  if (kernel == nullptr) return ffi::Error::InvalidArgument("routing: unknown routing method");
+  kernel<<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(b.logits, b.routing_bias, p.routing,
+                                                     static_cast<int>(p.num_tokens), b.topk_ids, b.topk_weights);
   return LaunchError("routing kernel");
 }
 
