@@ -3,7 +3,7 @@ table does not fit one 10-minute call) into one table, with every row checked
 against the targets of the "Performance" issue:
 
   python3 -m benchmarks.merge_results --out benchmarks/results/latest \\
-      part_a.json part_b.json [--finalize-log fin.log]
+      part_a.json part_b.json [--finalize-log fin.log | --finalize-timer timer.txt]
 
 Each row keeps the floors of its own run (copy bandwidth and matmul rate are
 measured per call and recorded per part). Targets (T: tokens):
@@ -52,6 +52,17 @@ def parse_finalize_log(path: str) -> list[dict]:
                              vec_fraction_of_copy_bw=int(frac) / 100,
                              vec_speedup_vs_scalar=float(scalar) / float(vec)))
     return rows
+
+
+def finalize_from_timer(path: str, copy_bw_gbs: float) -> list[dict]:
+    """Finalize rows from `stage_timer --finalize` output (each kernel alone, L2
+    flushed), as fractions of `copy_bw_gbs` (the merged run's copy bandwidth)."""
+    from benchmarks import timer_report
+
+    return [dict(model=f["model"], T=f["T"], H=f["H"], K=f["K"], vec_us=f["vectorized_us"], scalar_us=f["scalar_us"],
+                 vec_fraction_of_copy_bw=f["vectorized_gb_per_s"] / copy_bw_gbs, vec_speedup_vs_scalar=f["speedup"],
+                 source="stage_timer")
+            for f in timer_report.parse_finalize(open(path).read())]
 
 
 def merge(paths: list[str]) -> dict:
@@ -104,12 +115,16 @@ def main() -> None:
     ap.add_argument("parts", nargs="+", help="benchmarks.moe result JSON files")
     ap.add_argument("--out", default="benchmarks/results/latest")
     ap.add_argument("--finalize-log", default=None, help="console log holding the finalize rows")
+    ap.add_argument("--finalize-timer", default=None,
+                    help="stage_timer --finalize output holding the finalize rows (instead of --finalize-log)")
     ap.add_argument("--gpu-tests", default=None, help="pytest summary of the GPU suite for these parts")
     ap.add_argument("--gpu-tests-commit", default=None, help="commit the GPU suite ran at (default: part 0's)")
     a = ap.parse_args()
     result = merge(a.parts)
     if a.finalize_log:
         result["finalize"] = parse_finalize_log(a.finalize_log)
+    if a.finalize_timer:
+        result["finalize"] = finalize_from_timer(a.finalize_timer, result["parts"][0]["copy_bw_GBs"])
     tests = [p["gpu_tests"] for p in result["parts"] if p.get("gpu_tests")]
     if a.gpu_tests:
         tests = [a.gpu_tests]

@@ -11,11 +11,14 @@ def finalize_table_md(rows: list[dict]) -> str:
     """Markdown table of the finalize kernels' rows ("" when there are none)."""
     if not rows:
         return ""
-    out = ("\n| finalize T | H | K | vectorized (us) | scalar (us) | vec / scalar speedup | vec % of copy BW |\n"
-           "|---|---|---|---|---|---|---|\n")
+    out = ("\n| finalize T | model | H | K | vectorized (us) | scalar (us) | vec / scalar speedup | "
+           "vec % of copy BW |\n|---|---|---|---|---|---|---|---|\n")
     for r in rows:
-        out += (f"| {r['T']} | {r['H']} | {r['K']} | {r['vec_us']:.1f} | {r['scalar_us']:.1f} | "
+        out += (f"| {r['T']} | {r.get('model', '-')} | {r['H']} | {r['K']} | {r['vec_us']:.1f} | {r['scalar_us']:.1f} | "
                 f"{r['vec_speedup_vs_scalar']:.2f} | {r['vec_fraction_of_copy_bw']:.0%} |\n")
+    if any(r.get("source") == "stage_timer" for r in rows):
+        out += ("\nFinalize rows: `stage_timer --finalize` (each kernel alone on the pipeline's own y and maps, "
+                "L2 flushed; bytes = K bf16 rows read + one written per token).\n")
     return out
 
 

@@ -376,10 +376,11 @@ int main(int argc, char** argv) {
     return v ? v : "(unset)";
   };
   // The knobs the handlers read per call: split cap, L2 prefetch distance,
-  // dependent launch (timer_report keys the rows on them).
+  // dependent launch, activation prefetch (timer_report keys the rows on them).
   std::printf("stage_timer: median of %d, L2 flushed before each, JAX_MOE_MAX_K_SPLITS=%s "
-              "JAX_MOE_L2_PREFETCH=%s JAX_MOE_DEPENDENT_LAUNCH=%s\n",
-              reps, env("JAX_MOE_MAX_K_SPLITS"), env("JAX_MOE_L2_PREFETCH"), env("JAX_MOE_DEPENDENT_LAUNCH"));
+              "JAX_MOE_L2_PREFETCH=%s JAX_MOE_DEPENDENT_LAUNCH=%s JAX_MOE_ACT_PREFETCH=%s\n",
+              reps, env("JAX_MOE_MAX_K_SPLITS"), env("JAX_MOE_L2_PREFETCH"), env("JAX_MOE_DEPENDENT_LAUNCH"),
+              env("JAX_MOE_ACT_PREFETCH"));
   if (pattern) return ProbePatterns(reps, flush, flush_bytes);
   int failures = 0;
   for (const std::string& w : Split(weights))

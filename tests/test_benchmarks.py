@@ -53,15 +53,15 @@ def test_timer_report_parses_the_stage_timer_output(tmp_path):
         "permute      5.3 gemm1     98.8 gemm2    114.8 finalize      4.5\n"
         # The header since the L2-prefetch and dependent-launch knobs.
         "stage_timer: median of 30, L2 flushed before each, JAX_MOE_MAX_K_SPLITS=8 JAX_MOE_L2_PREFETCH=0 "
-        "JAX_MOE_DEPENDENT_LAUNCH=(unset)\n"
+        "JAX_MOE_DEPENDENT_LAUNCH=(unset) JAX_MOE_ACT_PREFETCH=0\n"
         "mixtral-8x7b   nvfp4 T=1      cuda_mma_t8_n128_r4    splits<=4 pipeline     161.4 us | routing      5.9 "
         "permute      5.1 gemm1     93.8 gemm2     58.2 finalize      4.5\n")
     rows, patterns = timer_report.parse_timer(text)
     assert rows == [dict(model="mixtral-8x7b", weights="nvfp4", T=1, tactic="cuda_mma_t8_n128_r4", split_cap="1",
-                         l2_prefetch="n/a", dependent_launch="n/a", max_splits_used=1, pipeline_us=224.7,
+                         l2_prefetch="n/a", dependent_launch="n/a", act_prefetch="n/a", max_splits_used=1, pipeline_us=224.7,
                          routing_us=6.7, permute_us=5.3, gemm1_us=98.8, gemm2_us=114.8, finalize_us=4.5),
                     dict(model="mixtral-8x7b", weights="nvfp4", T=1, tactic="cuda_mma_t8_n128_r4", split_cap="8",
-                         l2_prefetch="0", dependent_launch="(unset)", max_splits_used=4, pipeline_us=161.4,
+                         l2_prefetch="0", dependent_launch="(unset)", act_prefetch="0", max_splits_used=4, pipeline_us=161.4,
                          routing_us=5.9, permute_us=5.1, gemm1_us=93.8, gemm2_us=58.2, finalize_us=4.5)]
     assert patterns == [dict(shape="deepseek-v3 gemm1 T=1", layout="linear", spin=200, warps=512, mb=117.44,
                              us=58.3, gb_per_s=2013)]
@@ -73,8 +73,24 @@ def test_timer_report_parses_the_stage_timer_output(tmp_path):
                         vectorized_gb_per_s=2326, scalar_us=21.3, scalar_gb_per_s=1551, speedup=21.3 / 14.2)]
     md = timer_report.markdown(dict(device="d", date="x", commit="c", command="cmd", gpu_tests="t", rows=rows,
                                     patterns=patterns, counters=[]))
-    assert "| n/a | n/a | 1 | 224.7 | 6.7 | 5.3 | 98.8 | 114.8 | 4.5 |" in md
-    assert "| 0 | (unset) | 4 | 161.4 | 5.9 | 5.1 | 93.8 | 58.2 | 4.5 |" in md
+    assert "| n/a | n/a | n/a | 1 | 224.7 | 6.7 | 5.3 | 98.8 | 114.8 | 4.5 |" in md
+    assert "| 0 | (unset) | 0 | 4 | 161.4 | 5.9 | 5.1 | 93.8 | 58.2 | 4.5 |" in md
     md = timer_report.markdown(dict(device="d", date="x", commit="c", command="cmd", gpu_tests="t", rows=rows,
                                     patterns=patterns, finalize=fin, counters=[]))
     assert "| deepseek-v3 | 256 | 8 | 7168 | 33.03 | 14.2 | 2326 | 21.3 | 1551 | 1.50 |" in md
+
+
+def test_merge_results_takes_finalize_rows_from_the_stage_timer(tmp_path):
+    """merge_results --finalize-timer: the stage timer's finalize-alone lines
+    become the table's finalize rows, as shares of the run's copy bandwidth."""
+    from benchmarks import merge_results, report
+
+    path = tmp_path / "timer.txt"
+    path.write_text("finalize deepseek-v3    T=256    K=8 H=7168 33.03 MB | vectorized     14.8 us   2225 GB/s"
+                    " scalar     23.8 us   1387 GB/s\n")
+    rows = merge_results.finalize_from_timer(str(path), copy_bw_gbs=3600.0)
+    assert rows == [dict(model="deepseek-v3", T=256, H=7168, K=8, vec_us=14.8, scalar_us=23.8,
+                         vec_fraction_of_copy_bw=2225 / 3600.0, vec_speedup_vs_scalar=23.8 / 14.8,
+                         source="stage_timer")]
+    md = report.finalize_table_md(rows)
+    assert "| 256 | deepseek-v3 | 7168 | 8 | 14.8 | 23.8 | 1.61 | 62% |" in md

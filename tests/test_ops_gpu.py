@@ -251,6 +251,7 @@ def test_runs_are_bitwise_deterministic():
         np.testing.assert_array_equal(np.asarray(f(*args), np.float32), first)
 
 
+_KNOBS_ON = {"JAX_MOE_DEPENDENT_LAUNCH": "1", "JAX_MOE_L2_PREFETCH": "8", "JAX_MOE_ACT_PREFETCH": "1"}
 _KNOBS_OFF = {"JAX_MOE_DEPENDENT_LAUNCH": "0", "JAX_MOE_L2_PREFETCH": "0", "JAX_MOE_ACT_PREFETCH": "0"}
 # (T, H, I): GEMM1 K = 1184 = 2 chunks of 512 + a 160 tail, GEMM2 K = 704
 # (512 + 192); and a split-K decode case (K = 6208: 2 splits of ~24 K blocks).
@@ -263,18 +264,21 @@ def test_launch_and_prefetch_knobs_change_no_bit(index, T, H, I, monkeypatch):
     """Programmatic dependent launch, the L2 weight prefetch and the cp.async
     activation prefetch (cuda/dependent_launch.cuh, gemm_mma.cuh) only move
     work earlier: every staged tactic gives bitwise the same output with all
-    three on (the defaults) and off, and both match the reference. Several K
-    chunks with a ragged last one, bf16 activations (the prefetched format),
-    biases, the gpt-oss activation, formats alternating over the rows."""
+    three on and off (the default is act prefetch only), and both match the
+    reference. Several K chunks with a ragged last one, bf16 activations (the
+    prefetched format), biases, the gpt-oss activation, formats alternating
+    over the rows."""
     wfmt = (Format.NVFP4, Format.MXFP4)[index % 2]
     case = make_case(T=T, H=H, I=I, E=5, top_k=2, weight_format=wfmt, act_format=Format.BF16,
                      activation=Activation.SWIGLU_OAI, biases=True)
     tactic = _STAGED_TACTICS[index].id
     f = jax.jit(lambda *a: jax_moe.fp4_moe(*a, **case.kwargs, tactic=tactic))
     args = (case.hidden, case.logits, case.w13, case.w2)
+    for name, value in _KNOBS_ON.items():
+        monkeypatch.setenv(name, value)  # read by the handler at every call: the same executable
     on = np.asarray(f(*args), np.float32)
     for name, value in _KNOBS_OFF.items():
-        monkeypatch.setenv(name, value)  # read by the handler at every call: the same executable
+        monkeypatch.setenv(name, value)
     off = np.asarray(f(*args), np.float32)
     np.testing.assert_array_equal(on, off)
     assert_close(on, run_op_and_reference(case, tactic=tactic)[1], rel=REL_TOL)

@@ -18,8 +18,8 @@
 //     its wait: permute finished before GEMM1 passed its wait);
 //   * the first stage (routing) launches normally: it must not overlap
 //     whatever XLA ran before the custom call.
-// Without the launch attribute (JAX_MOE_DEPENDENT_LAUNCH=0, or a predecessor
-// that is not a kernel) both device calls are no-ops and the stream
+// Without the launch attribute (the default: JAX_MOE_DEPENDENT_LAUNCH unset,
+// or a predecessor that is not a kernel) both device calls are no-ops and the stream
 // serializes as usual. CUDA graphs capture the programmatic edges.
 #pragma once
 
@@ -30,11 +30,14 @@
 
 namespace jax_moe::cuda {
 
-// JAX_MOE_DEPENDENT_LAUNCH=0 launches every stage normally (read per call,
-// host-side, so one process can time both).
+// JAX_MOE_DEPENDENT_LAUNCH=1 launches the stages after routing as
+// programmatic dependents; off by default: on an H200 it was within +-4% of
+// normal launches at T = 1-64 (better for Qwen3, worse for gpt-oss-120b,
+// DeepSeek-V3 and Mixtral at T = 1; benchmarks/NOTES.md v7). Read per call,
+// host-side, so one process can time both.
 inline bool DependentLaunchEnabled() {
   const char* v = std::getenv("JAX_MOE_DEPENDENT_LAUNCH");
-  return v == nullptr || v[0] != '0';
+  return v != nullptr && v[0] == '1';
 }
 
 // Blocks until the previous grid on the stream has completed and its memory

@@ -64,14 +64,14 @@ struct GemmArgs {
   float* partials;
   int32_t* tickets;
   // Staged family: L2 prefetch distance in K blocks beyond the loads in
-  // flight (0: none; JAX_MOE_L2_PREFETCH, cuda/gemm_mma.cuh).
+  // flight (0, the default: none; JAX_MOE_L2_PREFETCH, cuda/gemm_mma.cuh).
   int l2_prefetch_kb;
   // Staged family: bf16 activations of the next K chunk copied with
   // cp.async during this one (JAX_MOE_ACT_PREFETCH=0: off; the launcher
   // also clears it when rows are not 16-byte aligned).
   bool act_prefetch;
-  // Launched as a programmatic dependent of the previous stage (the kernel
-  // then waits for it; cuda/dependent_launch.cuh).
+  // May be launched as a programmatic dependent of the previous stage (the
+  // kernel waits for it either way; cuda/dependent_launch.cuh).
   bool dependent;
 };
 

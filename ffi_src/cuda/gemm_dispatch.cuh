@@ -54,12 +54,12 @@ ffi::Error DispatchGemm(const GemmArgs& args, Format weight_format, int64_t tact
 }
 
 // JAX_MOE_L2_PREFETCH=n: the staged family's L2 prefetch distance in K
-// blocks (0 turns it off; default 8). Read per call, host-side, so a
-// benchmark can time both in one process.
+// blocks (default 0: off). Measured on an H200 (benchmarks/NOTES.md v7):
+// 8 and 2 blocks ahead both made the decode GEMMs 5-50% slower, so it is an
+// experiment knob. Read per call, host-side, so one process can time both.
 inline int L2PrefetchFromEnv() {
-  constexpr int kDefault = 8;
   const char* v = std::getenv("JAX_MOE_L2_PREFETCH");
-  if (v == nullptr || v[0] == '\0') return kDefault;
+  if (v == nullptr || v[0] == '\0') return 0;
   const int n = std::atoi(v);
   return n < 0 ? 0 : (n > 64 ? 64 : n);
 }
@@ -81,7 +81,7 @@ inline GemmArgs CommonGemmArgs(const MoeProblem& p, const MoeBuffers& b, const W
   a.l2_prefetch_kb = L2PrefetchFromEnv();
   const char* act = std::getenv("JAX_MOE_ACT_PREFETCH");
   a.act_prefetch = act == nullptr || act[0] != '0';
-  a.dependent = true;  // GEMM1 follows permute, GEMM2 follows GEMM1
+  a.dependent = true;  // GEMM1 follows permute, GEMM2 follows GEMM1 (if DependentLaunchEnabled)
   return a;
 }
 

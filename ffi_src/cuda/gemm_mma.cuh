@@ -87,10 +87,10 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   __shared__ uint4 s_act[kActBufs][TT * kRowVec];
   __shared__ int32_t s_expanded[TT];
 
-  // Dependent launch (cuda/dependent_launch.cuh): GEMM1 needs permute's maps
-  // at once; GEMM2 reads them (permute finished before GEMM1 let it start)
-  // and starts streaming its weights while GEMM1 finishes, and waits only
-  // before it reads h.
+  // Dependent launch (cuda/dependent_launch.cuh; no-ops unless enabled):
+  // GEMM1 needs permute's maps at once; GEMM2 reads them (permute finished
+  // before GEMM1 let it start), starts streaming its weights while GEMM1
+  // finishes, and waits only before it reads h.
   constexpr bool kEarlyWeights = ST == GemmStage::kGemm2;
   if constexpr (!kEarlyWeights) {
     WaitForPredecessor();
@@ -201,12 +201,13 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
       }
     }
   };
-  // L2 prefetch: the lines of K block kbi's quads (codes and scale words),
-  // issued a.l2_prefetch_kb blocks beyond the loads in flight (the ring's
-  // WS - 1, or the ring-less kernel's current block), so each warp keeps
-  // that many more blocks of DRAM requests outstanding without a register or
-  // a byte of shared memory: at decode sizes the GEMMs ran at 1.2 TB/s, half
-  // of what a load-only probe of the same warps reached (NOTES v5, v6). Only
+  // L2 prefetch (off by default): the lines of K block kbi's quads (codes
+  // and scale words), issued a.l2_prefetch_kb blocks beyond the loads in
+  // flight (the ring's WS - 1, or the ring-less kernel's current block), so
+  // each warp keeps more DRAM requests outstanding at no register cost. The
+  // idea: the decode GEMMs ran at 1.2 TB/s, half of a load-only probe of the
+  // same warps (NOTES v5, v6). Measured (NOTES v7): 5-50% slower at 2 and 8
+  // blocks ahead, so JAX_MOE_L2_PREFETCH=n is an experiment knob. Only
   // blocks before first_checked, whose every quad lies inside its row.
   constexpr int kInFlight = WS > 0 ? WS - 1 : 0;
   auto l2_prefetch = [&](int kb) {
