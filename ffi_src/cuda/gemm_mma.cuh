@@ -53,6 +53,17 @@ constexpr int RingSmemBytes() {
   return WS * gemm_detail::WarpMTiles<ST>() * 2 * 32 * (TT / TW) * WN * (16 + 4);
 }
 
+// The activation prefetch (MmaSwapAbGemmKernel): tiles of <= 16 tokens whose
+// chunks hold >= WS K blocks; and the bytes of one staged chunk buffer.
+template <int TT, int KC, int WS>
+constexpr bool ActPrefetchable() {
+  return TT <= 16 && WS <= KC / gemm_detail::kKBlock;
+}
+template <int TT, int KC>
+constexpr int ActBufferBytes() {
+  return TT * (KC / 8 + 4) * 16;
+}
+
 // The ring copies whole 16-byte code chunks and takes a quad's NVFP4 scale
 // pair from one aligned 4-byte word: both hold when rows are 16-byte aligned
 // (K % 32 == 0, weight base 16-byte aligned, scale rows an even number of
@@ -79,13 +90,24 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   // GEMM1 has 14 chunks at T = 1). The copies join the weight ring's group
   // of the chunk's first K block; the ring's own waits complete that group
   // before the chunk ends when a chunk holds >= WS K blocks. Small tiles
-  // only (two buffers must fit static shared memory).
-  constexpr bool kActPrefetch = TT <= 16 && WS <= KC / kKBlock;
-  constexpr int kActBufs = kActPrefetch ? 2 : 1;
-  static_assert(kActBufs * TT * kRowVec * 16 + TT * 4 <= 48 * 1024, "staging must fit static shared memory");
+  // only. The second buffer is static in the ring-less kernels; the ring
+  // kernels get it after the ring in the dynamic allocation, sized at launch
+  // only when the prefetch runs, so with JAX_MOE_ACT_PREFETCH=0 they have
+  // their old shared-memory footprint (a static second buffer, 4425715,
+  // came with GEMM1 12-21% slower in those kernels: NOTES v7).
+  constexpr bool kActPrefetch = gemm_mma_detail::ActPrefetchable<TT, KC, WS>();
+  constexpr int kActStaticBufs = kActPrefetch && WS == 0 ? 2 : 1;
+  static_assert(kActStaticBufs * TT * kRowVec * 16 + TT * 4 <= 48 * 1024, "staging must fit static shared memory");
+  static_assert(gemm_mma_detail::ActBufferBytes<TT, KC>() == TT * kRowVec * 16, "one staged chunk");
 
-  __shared__ uint4 s_act[kActBufs][TT * kRowVec];
+  __shared__ uint4 s_act_static[kActStaticBufs][TT * kRowVec];
   __shared__ int32_t s_expanded[TT];
+  extern __shared__ uint4 ring_smem[];
+  uint4* const s_act0 = s_act_static[0];
+  uint4* const s_act1 = kActStaticBufs == 2
+                            ? s_act_static[kActStaticBufs - 1]
+                            : ring_smem + gemm_mma_detail::RingSmemBytes<TT, TW, WN, WS, ST>() / 16;
+  auto s_act = [&](int b) { return b ? s_act1 : s_act0; };
 
   // Dependent launch (cuda/dependent_launch.cuh; no-ops unless enabled):
   // GEMM1 needs permute's maps at once; GEMM2 reads them (permute finished
@@ -158,7 +180,6 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   // The weight ring (WS > 0): slot (stage, mt, r) of this thread. Codes
   // first, then the scale words, each [WS][kMT][2][kThreads] so a warp's
   // accesses are consecutive 16- (4-) byte words.
-  extern __shared__ uint4 ring_smem[];
   constexpr int kRing = WS > 0 ? WS : 1;  // (the ring-less kernel never touches it)
   constexpr int kStageSlots = kMT * 2 * kThreads;
   uint4* const ring_codes = ring_smem + threadIdx.x;
@@ -249,7 +270,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   // act_async: this call prefetches activations (bf16 and the host allowed
   // it: 16-byte aligned rows); s_act then holds raw bf16 groups, put in MMA
   // order when read (DecodeActGroupAs<kBF16>: 4 byte permutes).
-  const bool act_async = kActPrefetch && a.act_prefetch && a.act_format == Format::kBF16;
+  const bool act_async = kActPrefetch && a.act_prefetch;  // the launcher checked format and alignment
   auto act_source = [&](int row, int k, bool* ok) {
     const int ex = s_expanded[row];
     *ok = ex >= 0 && k < k_end;
@@ -269,7 +290,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
         const int64_t src = act_source(row, k, &ok);
         uint4 v = make_uint4(0, 0, 0, 0);
         if (ok) v = act_async ? LoadRawActGroup(a, src, k).v : LoadActivationGroup(a, src, k);
-        s_act[buf][row * kRowVec + StagedSlot(grp)] = v;
+        s_act(buf)[row * kRowVec + StagedSlot(grp)] = v;
       }
       __syncthreads();
     }
@@ -280,7 +301,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
         const int row = it / (KC / 8), grp = it % (KC / 8), k = k0 + KC + 8 * grp;
         bool ok = false;
         const int64_t src = act_source(row, k, &ok);
-        CpAsync16(&s_act[buf ^ 1][row * kRowVec + StagedSlot(grp)],
+        CpAsync16(&s_act(buf ^ 1)[row * kRowVec + StagedSlot(grp)],
                   ok ? a.a_data + src * a.a_row_bytes + 2 * static_cast<int64_t>(k) : a.a_data, ok ? 16 : 0);
       }
       if (WS == 0 || !warp_active) CpAsyncCommit();  // else: with the ring's next group
@@ -343,7 +364,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
           for (int r = 0; r < 2; ++r) DecodeWord<WF>(wq[mt][r], j, sc[mt][r], af[mt][r]);
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt) {
-          const uint4 raw = s_act[cur][(wt * TW + nt * 8 + g) * kRowVec + slot0 + 4 * j];
+          const uint4 raw = s_act(cur)[(wt * TW + nt * 8 + g) * kRowVec + slot0 + 4 * j];
           const uint4 bv = act_async ? DecodeActGroupAs<Format::kBF16>(RawActGroup{raw, 0u}) : raw;
 #pragma unroll
           for (int mt = 0; mt < kMT; ++mt) {
@@ -368,11 +389,19 @@ cudaError_t LaunchMmaSwapAbGemm(const GemmArgs& a, int64_t max_tiles, cudaStream
   constexpr int kThreads = 32 * (TT / TW) * WN;
   constexpr auto kKernel = MmaSwapAbGemmKernel<TT, TW, WN, KC, WS, WF, ST>;
   dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>((a.n_dim + 32 * WN - 1) / (32 * WN)));
+  GemmArgs args = a;  // the activation prefetch: bf16 rows, 16-byte aligned for cp.async
+  args.act_prefetch = a.act_prefetch && a.act_format == Format::kBF16 && a.a_row_bytes % 16 == 0 &&
+                      reinterpret_cast<uintptr_t>(a.a_data) % 16 == 0;
   int smem = 0;
   if constexpr (WS > 0) {
     if (!gemm_mma_detail::RingFits(a)) return LaunchMmaSwapAbGemm<TT, TW, WN, KC, 0, WF, ST>(a, max_tiles, stream);
-    smem = gemm_mma_detail::RingSmemBytes<TT, TW, WN, WS, ST>();
-    if (const cudaError_t e = EnsureDynamicSmem<kKernel>(smem); e != cudaSuccess) return e;
+    // The ring, and after it the prefetch's second activation buffer when it runs.
+    constexpr int kRingBytes = gemm_mma_detail::RingSmemBytes<TT, TW, WN, WS, ST>();
+    constexpr int kActBytes =
+        gemm_mma_detail::ActPrefetchable<TT, KC, WS>() ? gemm_mma_detail::ActBufferBytes<TT, KC>() : 0;
+    smem = kRingBytes + (args.act_prefetch ? kActBytes : 0);
+    // The opt-in covers the largest launch (it is set once per device and kernel).
+    if (const cudaError_t e = EnsureDynamicSmem<kKernel>(kRingBytes + kActBytes); e != cudaSuccess) return e;
   }
   if (const int limit = MaxKSplitsFromEnv(a.split_k_limit); limit > 1) {
     int sms = 0;
@@ -381,8 +410,6 @@ cudaError_t LaunchMmaSwapAbGemm(const GemmArgs& a, int64_t max_tiles, cudaStream
     grid.z = static_cast<unsigned>(KSplits(static_cast<int64_t>(grid.x) * grid.y, sms, limit, num_kb));
     if (grid.z > 1) NoteKSplits(static_cast<int>(grid.z));
   }
-  GemmArgs args = a;  // cp.async needs 16-byte aligned activation rows
-  args.act_prefetch = a.act_prefetch && a.a_row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(a.a_data) % 16 == 0;
   return LaunchDependent(a.dependent, kKernel, grid, dim3(kThreads), smem, stream, args);
 }
 
