@@ -113,13 +113,20 @@ struct PreparedCall {
 ffi::Error PrepareCall(const char* target, bool routed, Platform platform, ffi::RemainingArgs args,
                        ffi::RemainingRets rets, const MoeAttrs& attrs, PreparedCall* call);
 
+// A per-call switch from the environment (host-side, no device data
+// involved): unset or empty gives `default_on`; otherwise a switch that is
+// off by default is on only for a leading '1', one that is on by default
+// off only for a leading '0'.
+inline bool EnvFlag(const char* name, bool default_on) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || v[0] == '\0') return default_on;
+  return default_on ? v[0] != '0' : v[0] == '1';
+}
+
 // True when JAX_MOE_POISON_OUTPUTS=1: handlers then fill every output and the
 // workspace with NaN/garbage before the stages run, so a test sees any element
-// that no stage wrote. Read per call (host-side, no device data involved).
-inline bool PoisonOutputs() {
-  const char* v = std::getenv("JAX_MOE_POISON_OUTPUTS");
-  return v != nullptr && v[0] == '1';
-}
+// that no stage wrote. Read per call.
+inline bool PoisonOutputs() { return EnvFlag("JAX_MOE_POISON_OUTPUTS", false); }
 
 // Runs `body`, converting any escaping C++ exception into an FFI error: an
 // exception must never cross the C boundary into XLA.

@@ -25,8 +25,9 @@
 
 #include <cuda_runtime.h>
 
-#include <cstdlib>
 #include <utility>
+
+#include "common/ffi_glue.h"
 
 namespace jax_moe::cuda {
 
@@ -35,10 +36,7 @@ namespace jax_moe::cuda {
 // normal launches at T = 1-64 (better for Qwen3, worse for gpt-oss-120b,
 // DeepSeek-V3 and Mixtral at T = 1; benchmarks/NOTES.md v7). Read per call,
 // host-side, so one process can time both.
-inline bool DependentLaunchEnabled() {
-  const char* v = std::getenv("JAX_MOE_DEPENDENT_LAUNCH");
-  return v != nullptr && v[0] == '1';
-}
+inline bool DependentLaunchEnabled() { return EnvFlag("JAX_MOE_DEPENDENT_LAUNCH", false); }
 
 // Blocks until the previous grid on the stream has completed and its memory
 // is visible (a no-op for a normal launch).

@@ -70,9 +70,6 @@ struct GemmArgs {
   // cp.async during this one (JAX_MOE_ACT_PREFETCH=0: off; the launcher
   // also clears it when rows are not 16-byte aligned).
   bool act_prefetch;
-  // May be launched as a programmatic dependent of the previous stage (the
-  // kernel waits for it either way; cuda/dependent_launch.cuh).
-  bool dependent;
 };
 
 namespace gemm_detail {

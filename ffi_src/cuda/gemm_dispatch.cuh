@@ -79,9 +79,7 @@ inline GemmArgs CommonGemmArgs(const MoeProblem& p, const MoeBuffers& b, const W
   a.partials = ws.partials;
   a.tickets = ws.tickets;
   a.l2_prefetch_kb = L2PrefetchFromEnv();
-  const char* act = std::getenv("JAX_MOE_ACT_PREFETCH");
-  a.act_prefetch = act == nullptr || act[0] != '0';
-  a.dependent = true;  // GEMM1 follows permute, GEMM2 follows GEMM1 (if DependentLaunchEnabled)
+  a.act_prefetch = EnvFlag("JAX_MOE_ACT_PREFETCH", true);
   return a;
 }
 

@@ -410,7 +410,9 @@ cudaError_t LaunchMmaSwapAbGemm(const GemmArgs& a, int64_t max_tiles, cudaStream
     grid.z = static_cast<unsigned>(KSplits(static_cast<int64_t>(grid.x) * grid.y, sms, limit, num_kb));
     if (grid.z > 1) NoteKSplits(static_cast<int>(grid.z));
   }
-  return LaunchDependent(a.dependent, kKernel, grid, dim3(kThreads), smem, stream, args);
+  // Always after a kernel (GEMM1 after permute, GEMM2 after GEMM1): a
+  // dependent when JAX_MOE_DEPENDENT_LAUNCH=1 (the kernel waits either way).
+  return LaunchDependent(true, kKernel, grid, dim3(kThreads), smem, stream, args);
 }
 
 }  // namespace jax_moe::cuda

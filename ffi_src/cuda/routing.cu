@@ -117,11 +117,12 @@ struct WarpScratch {
 };
 
 // One instantiation per routing method (kMethod): a kernel holds only its
-// own method's code. After the L2 flush that weights streaming through L2
-// amount to, a kernel's first instructions come from DRAM, and the one
-// kernel with every method's code (and RoutingWeights' switch) spent much of
-// its ~8 us at T = 1 with no instruction to issue (ncu: no_instruction and
-// branch stalls, 11% issue active; NOTES v5).
+// own method's code. Tried because the one kernel with every method's code
+// (and RoutingWeights' switch) spent much of its ~8 us at T = 1 with no
+// instruction to issue (ncu: no_instruction and branch stalls, 11% issue
+// active; NOTES v5), and after the L2 flush that streaming weights amount to
+// its instructions come from DRAM. Measured (NOTES v7): no change (Qwen3
+// 11.1 us, DeepSeek-V3 22.8 us at T = 1), so code size is not the cost either.
 template <RoutingMethod kMethod>
 __global__ void RoutingKernel(const float* __restrict__ logits, const float* __restrict__ bias,
                               RoutingParams rp, int num_tokens, int32_t* __restrict__ ids,
