@@ -54,10 +54,18 @@ constexpr int RingSmemBytes() {
 }
 
 // The activation prefetch (MmaSwapAbGemmKernel): tiles of <= 16 tokens whose
-// chunks hold >= WS K blocks; and the bytes of one staged chunk buffer.
-template <int TT, int KC, int WS>
+// chunks hold >= WS K blocks, except GEMM1's ring kernels; and the bytes of
+// one staged chunk buffer. Why not GEMM1 with a ring (measured, H200, NOTES
+// v8): its ring is 4 m-tiles deep (80 KiB for t8_n128_r4), two blocks per SM
+// then need ~182 KB of shared memory with one activation buffer and ~200 KB
+// with two; our reading is that this moves the carveout from 196 to 228 KB,
+// leaving L1 28 KB instead of 60 KB for the ring's cp.async.ca scale words.
+// Measured: GEMM1 10-18% slower with the prefetch (DeepSeek-V3 T = 1 90.6 ->
+// 106.1 us), while GEMM2's ring (2 m-tiles: 4 -> 3 blocks per SM, more L1)
+// gains 6-14% at most shapes.
+template <int TT, int KC, int WS, GemmStage ST>
 constexpr bool ActPrefetchable() {
-  return TT <= 16 && WS <= KC / gemm_detail::kKBlock;
+  return TT <= 16 && WS <= KC / gemm_detail::kKBlock && !(ST == GemmStage::kGemm1 && WS > 0);
 }
 template <int TT, int KC>
 constexpr int ActBufferBytes() {
@@ -95,7 +103,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   // only when the prefetch runs, so with JAX_MOE_ACT_PREFETCH=0 they have
   // their old shared-memory footprint (a static second buffer, 4425715,
   // came with GEMM1 12-21% slower in those kernels: NOTES v7).
-  constexpr bool kActPrefetch = gemm_mma_detail::ActPrefetchable<TT, KC, WS>();
+  constexpr bool kActPrefetch = gemm_mma_detail::ActPrefetchable<TT, KC, WS, ST>();
   constexpr int kActStaticBufs = kActPrefetch && WS == 0 ? 2 : 1;
   static_assert(kActStaticBufs * TT * kRowVec * 16 + TT * 4 <= 48 * 1024, "staging must fit static shared memory");
   static_assert(gemm_mma_detail::ActBufferBytes<TT, KC>() == TT * kRowVec * 16, "one staged chunk");
@@ -398,7 +406,7 @@ cudaError_t LaunchMmaSwapAbGemm(const GemmArgs& a, int64_t max_tiles, cudaStream
     // The ring, and after it the prefetch's second activation buffer when it runs.
     constexpr int kRingBytes = gemm_mma_detail::RingSmemBytes<TT, TW, WN, WS, ST>();
     constexpr int kActBytes =
-        gemm_mma_detail::ActPrefetchable<TT, KC, WS>() ? gemm_mma_detail::ActBufferBytes<TT, KC>() : 0;
+        gemm_mma_detail::ActPrefetchable<TT, KC, WS, ST>() ? gemm_mma_detail::ActBufferBytes<TT, KC>() : 0;
     smem = kRingBytes + (args.act_prefetch ? kActBytes : 0);
     // The opt-in covers the largest launch (it is set once per device and kernel).
     if (const cudaError_t e = EnsureDynamicSmem<kKernel>(kRingBytes + kActBytes); e != cudaSuccess) return e;
