@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # One batch on the lent GPU machine; logs under $OUT. Usage (device tool, repo root):
 #   bash benchmarks/gpu_check.sh [steps] [-- extra pytest args for the GPU suite]
-# steps (default: build cpu gpu sanitize): any of
+# steps (default: build cpu gpu routing sanitize): any of
 #   build     pip install -e . (the extension, CUDA handlers included), ptxas report
 #   cpu       the CPU suite on the CPU backend
 #   probe     tests/cuda/wgmma_probe.cu: the wgmma layout/descriptor contract alone (seconds)
 #   gpu       pytest -m gpu
+#   routing   tests/cuda/routing_check.cu: the CUDA routing kernel alone vs the CPU's RouteToken
+#             (every method, E 2-512, both grouping paths, ties), then timed per model shape (seconds;
+#             ROUTING_BASELINE=<file.cu>: also build that routing.cu and compare / time it)
 #   sanitize  compute-sanitizer memcheck + racecheck on tests/cuda/sanitizer_harness.cu
 #             (a JAX-free driver of the CUDA stages: the sanitizer crashes inside JAX)
 #   bench     python -m benchmarks.moe -> benchmarks/results/latest.{json,md,png} (BENCH_ARGS)
@@ -22,7 +25,7 @@ set -u
 STEPS=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do STEPS+=("$1"); shift; done
 [ "${1:-}" = "--" ] && shift
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(build cpu gpu sanitize)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(build cpu gpu routing sanitize)
 has() { [[ " ${STEPS[*]} " == *" $1 "* ]]; }
 OUT=${OUT:-/tmp/jax_moe_out}
 mkdir -p "$OUT"
@@ -119,6 +122,23 @@ if has gpu; then
   python3 -m pytest -q -p no:cacheprovider -m gpu -rf --durations=15 "$@" > "$OUT/pytest_gpu.log" 2>&1
   echo "GPU suite ($(( $(date +%s) - START )) s): $(tail -1 "$OUT/pytest_gpu.log")"
   grep -E "^(FAILED|ERROR)" "$OUT/pytest_gpu.log" | head -40
+fi
+
+if has routing; then
+  INC=$(python3 -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('jaxlib').origin).parent / 'include')")
+  NV=(nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -isystem "$INC" -Iffi_src)
+  EXTRA=()
+  if [ -n "${ROUTING_BASELINE:-}" ]; then  # a routing.cu from another commit, under another name
+    cp "$ROUTING_BASELINE" ffi_src/cuda/zz_routing_baseline.cu
+    "${NV[@]}" -DLaunchRouting=LaunchRoutingBaseline -c ffi_src/cuda/zz_routing_baseline.cu -o /tmp/routing_baseline.o \
+      > "$OUT/routing_build.log" 2>&1 || { tail -20 "$OUT/routing_build.log"; exit 1; }
+    rm -f ffi_src/cuda/zz_routing_baseline.cu
+    EXTRA=(-DROUTING_BASELINE /tmp/routing_baseline.o)
+  fi
+  "${NV[@]}" tests/cuda/routing_check.cu ffi_src/cuda/routing.cu "${EXTRA[@]}" -o /tmp/routing_check \
+    >> "$OUT/routing_build.log" 2>&1 || { tail -20 "$OUT/routing_build.log"; exit 1; }
+  /tmp/routing_check ${ROUTING_ARGS:-} > "$OUT/routing.txt" 2>&1
+  echo "routing check rc $?"; cat "$OUT/routing.txt"
 fi
 
 if has sanitize; then

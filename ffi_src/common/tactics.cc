@@ -64,7 +64,7 @@ int64_t FirstCudaTactic() {
 
 // Bumped whenever a kernel changes how fast a row runs without changing the
 // row (e.g. split-K launches): tuned caches from before are then ignored.
-constexpr const char* kKernelRevision = "2026-12-02 act prefetch off in ring gemm1";
+constexpr const char* kKernelRevision = "2026-12-02 register routing, act prefetch off in ring gemm1";
 
 uint64_t TacticTableHash() {
   uint64_t h = 1469598103934665603ull;

@@ -1,205 +1,206 @@
-// Stage 1 (CUDA): routing, one warp per token. Lanes score the experts
-// (lane, lane+32, ...) into shared memory, then top-k is k rounds of a warp
-// arg-max with the CPU's tie rule (higher score, then smaller index). The
-// per-token weights come from RoutingWeights (routing_math.h), the CPU's own
-// code, so CPU and GPU agree to the last few ulps.
+// Stage 1 (CUDA): routing, one warp per token, everything in registers.
+// Lane l holds experts l*S .. l*S + S - 1 (S = the power of two >= E / 32,
+// a template argument), scores them, and the warp takes the top k with
+// cuda/warp_select.cuh (a sort per lane, then k rounds of two redux.sync)
+// under the CPU's tie rule (higher score, then smaller index). Lane k < K
+// then computes the weight of the k-th choice with the CPU's own expressions
+// in the CPU's order (routing_math.h), so CPU and GPU pick the same experts
+// and agree on weights to the last few ulps.
+//
+// Why this shape (ncu, H200, T = 1, NOTES v8): the kernel it replaces scanned
+// scores in shared memory per round, let one lane per group scan its group
+// and lane 0 compute all k weights; DeepSeek-V3 took 20.3 us for one token,
+// 4884 instructions of one warp at ~8 cycles each (a dependency chain; only
+// 18 KB read).
 #include <cmath>
 
 #include "common/routing_math.h"
 #include "cuda/cuda_check.h"
 #include "cuda/dependent_launch.cuh"
 #include "cuda/stages.cuh"
+#include "cuda/warp_select.cuh"
 
 namespace jax_moe::cuda {
 namespace {
 
 constexpr int kWarpsPerBlock = 4;
-constexpr int kSlots = kMaxExperts / 32;  // experts per lane, at most
-static_assert(kSlots <= 32, "WarpTopK keeps a lane's taken slots in one 32-bit mask");
-
-struct Best {
-  float score;
-  int index;
-};
-
-// Better = higher score; equal scores: smaller index. -inf entries are real
-// candidates (masked DeepSeek groups), `taken` ones never are.
-__device__ __forceinline__ bool Better(float s, int i, const Best& b) {
-  return b.index < 0 || s > b.score || (s == b.score && i < b.index);
-}
-
-__device__ Best WarpArgMax(Best b) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    Best o{__shfl_xor_sync(0xffffffffu, b.score, off), __shfl_xor_sync(0xffffffffu, b.index, off)};
-    if (o.index >= 0 && Better(o.score, o.index, b)) b = o;
-  }
-  return b;
-}
+constexpr unsigned kFull = 0xffffffffu;
 
 __device__ float WarpSum(float v) {
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFull, v, off);
   return v;
 }
 __device__ float WarpMax(float v) {
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, off));
   return v;
 }
 
-// k rounds of arg-max over score[0..n) (in shared memory); lane 0 writes the
-// chosen indices and scores to idx/val (shared memory: an array indexed by
-// the round would live in local memory). Each round scans only the
-// ceil(n / 32) slots that exist: a round is a chain of dependent shared-memory
-// loads and compares, and with all kSlots = 16 (512 experts) scanned the
-// stage grew ~1.1 us per round whatever n was (stage_timer, H200, T = 1:
-// 6.7 us Mixtral 8 experts top-2, 9.2 gpt-oss 128 top-4, 13.4 Qwen3 128
-// top-8, 25 DeepSeek-V3 256 top-8 plus groups).
-__device__ void WarpTopK(const float* score, int n, int k, int lane, int32_t* idx, float* val) {
-  uint32_t taken = 0;  // bit s: expert lane + 32 s already chosen
-  const int slots = (n + 31) / 32;  // <= kSlots
-  for (int r = 0; r < k; ++r) {
-    Best b{0.0f, -1};
-    for (int s = 0; s < slots; ++s) {
-      const int e = lane + 32 * s;
-      if (e < n && !(taken >> s & 1u) && Better(score[e], e, b)) b = Best{score[e], e};
-    }
-    b = WarpArgMax(b);
-    if ((b.index & 31) == lane) taken |= 1u << (b.index >> 5);
-    if (lane == 0) {
-      idx[r] = b.index;
-      val[r] = b.score;
-    }
-  }
-  __syncwarp();
-}
-
-// The sum of the two best scores of group g (one lane per group), with the
-// CPU's TopKList(2) semantics: ties keep the earlier expert, and the sum is
-// best + second in that order. Scalars, so nothing spills to local memory.
+// The sum of the two best scores of group g (one lane per group, scores in
+// shared memory), with the CPU's TopKList(2) semantics. The generic path of
+// MaskToBestGroups, for groups that do not fall on lane boundaries.
 __device__ float GroupScore(const float* score, int g, int per_group) {
   float best = score[g * per_group], second = 0.0f;
   bool two = false;
   for (int j = 1; j < per_group; ++j) {
     const float s = score[g * per_group + j];
-    if (!two) {
-      if (s > best) {
-        second = best;
-        best = s;
-      } else {
-        second = s;
-      }
+    if (!two || s > second) {
+      second = s > best ? best : s;
+      best = s > best ? s : best;
       two = true;
-    } else if (s > second) {
-      if (s > best) {
-        second = best;
-        best = s;
-      } else {
-        second = s;
-      }
     }
   }
   return two ? best + second : best;
 }
 
-// One warp's scratch. Everything indexed at run time lives here, not in
-// per-thread arrays (which the compiler puts on the stack: 464 bytes of
-// local memory and ~12 us at T = 1 before this layout).
-struct WarpScratch {
-  float score[kMaxExperts];
-  float group[kMaxGroups];
-  int32_t group_idx[kMaxGroups];
-  float group_val[kMaxGroups];
-  int32_t idx[kMaxTopK];
-  float val[kMaxTopK];
-  float w[kMaxTopK];
-};
+// DeepSeek-V3 grouping: scores of experts outside the topk_group best groups
+// (group score = its two best scores summed; ties: smaller group) become
+// -inf, as the CPU does. When every group is a power-of-two run of whole
+// lanes (DeepSeek-V3: 8 groups of 32 = 4 lanes of 8) the group's top two come
+// from a per-lane pass and xor shuffles; otherwise through shared memory.
+template <int S>
+__device__ void MaskToBestGroups(float (&sc)[S], const RoutingParams& rp, int E, int base, int lane,
+                                 float* s_score) {
+  const int groups = rp.n_group, per_group = E / groups;
+  const int lanes_per_group = per_group / S;
+  const bool on_lanes = per_group % S == 0 && (lanes_per_group & (lanes_per_group - 1)) == 0;
+  float gs = 0.0f;  // lane g < groups: the score of group g
+  if (on_lanes) {
+    float b1 = -INFINITY, b2 = -INFINITY;  // the lane's two best (one group per lane)
+#pragma unroll
+    for (int j = 0; j < S; ++j) {
+      const float s = sc[j];
+      if (s > b1) {
+        b2 = b1;
+        b1 = s;
+      } else if (s > b2) {
+        b2 = s;
+      }
+    }
+    for (int off = 1; off < lanes_per_group; off <<= 1) {  // the group's two best
+      const float o1 = __shfl_xor_sync(kFull, b1, off), o2 = __shfl_xor_sync(kFull, b2, off);
+      const float low = fminf(b1, o1);
+      b1 = fmaxf(b1, o1);
+      b2 = fmaxf(low, fmaxf(b2, o2));
+    }
+    const float mine = per_group >= 2 ? b1 + b2 : b1;
+    gs = __shfl_sync(kFull, mine, (lane * lanes_per_group) & 31);
+  } else {
+#pragma unroll
+    for (int j = 0; j < S; ++j)
+      if (base + j < E) s_score[base + j] = sc[j];
+    __syncwarp();
+    if (lane < groups) gs = GroupScore(s_score, lane, per_group);
+  }
+  // Group g is kept when fewer than topk_group groups beat it.
+  int beaten_by = 0;
+  for (int h = 0; h < groups; ++h) {
+    const float o = __shfl_sync(kFull, gs, h);
+    beaten_by += o > gs || (o == gs && h < lane);
+  }
+  const uint32_t kept = __ballot_sync(kFull, lane < groups && beaten_by < rp.topk_group);
+  if (on_lanes) {
+    const bool keep = kept >> min(base / per_group, 31) & 1u;
+#pragma unroll
+    for (int j = 0; j < S; ++j)
+      if (!keep) sc[j] = -INFINITY;
+  } else {
+#pragma unroll
+    for (int j = 0; j < S; ++j)
+      if (base + j < E && !(kept >> ((base + j) / per_group) & 1u)) sc[j] = -INFINITY;
+  }
+}
 
-// One instantiation per routing method (kMethod): a kernel holds only its
-// own method's code. Tried because the one kernel with every method's code
-// (and RoutingWeights' switch) spent much of its ~8 us at T = 1 with no
-// instruction to issue (ncu: no_instruction and branch stalls, 11% issue
-// active; NOTES v5), and after the L2 flush that streaming weights amount to
-// its instructions come from DRAM. Measured (NOTES v7): no change (Qwen3
-// 11.1 us, DeepSeek-V3 22.8 us at T = 1), so code size is not the cost either.
-template <RoutingMethod kMethod>
-__global__ void RoutingKernel(const float* __restrict__ logits, const float* __restrict__ bias,
-                              RoutingParams rp, int num_tokens, int32_t* __restrict__ ids,
-                              float* __restrict__ weights) {
-  rp.method = kMethod;  // a constant from here on: RoutingWeights keeps one case
-  __shared__ WarpScratch s_warp[kWarpsPerBlock];
+// One instantiation per routing method and lane width S (experts per lane).
+template <RoutingMethod kMethod, int S>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+    RoutingKernel(const float* __restrict__ logits, const float* __restrict__ bias, RoutingParams rp,
+                  int num_tokens, int32_t* __restrict__ ids, float* __restrict__ weights) {
+  __shared__ float s_score[kWarpsPerBlock][32 * S];  // the generic grouping path only
   // Launched normally (after whatever XLA ran), so permute, launched as our
   // dependent, may become resident now and wait for us.
   AllowDependents();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int t = blockIdx.x * kWarpsPerBlock + warp;
-  if (t >= num_tokens) return;
-  const int E = rp.num_experts, K = rp.top_k;
+  if (t >= num_tokens) return;  // whole warps
+  const int E = rp.num_experts, K = rp.top_k, base = lane * S;
   const float* x = logits + static_cast<int64_t>(t) * E;
-  WarpScratch& ws = s_warp[warp];
-  float* score = ws.score;
 
-  switch (kMethod) {
-    case RoutingMethod::kDEFAULT: {
-      // The lane's logits are loaded once, all at once (one round trip), and
-      // kept in registers (a fully unrolled loop: static indices).
-      float xv[kSlots], m = -INFINITY;
+  float xv[S], sc[S];  // the lane's logits (one round trip: independent loads) and scores
 #pragma unroll
-      for (int j = 0; j < kSlots; ++j) {
-        const int e = lane + 32 * j;
-        xv[j] = e < E ? x[e] : -INFINITY;
-        m = fmaxf(m, xv[j]);
-      }
-      m = WarpMax(m);
-      float s = 0.0f;
+  for (int j = 0; j < S; ++j) xv[j] = base + j < E ? x[base + j] : 0.0f;
+  if constexpr (kMethod == RoutingMethod::kDEFAULT) {  // softmax over all E
+    float m = -INFINITY;
 #pragma unroll
-      for (int j = 0; j < kSlots; ++j)
-        if (lane + 32 * j < E) s += expf(xv[j] - m);
-      s = WarpSum(s);
+    for (int j = 0; j < S; ++j)
+      if (base + j < E) m = fmaxf(m, xv[j]);
+    m = WarpMax(m);
+    float s = 0.0f;
 #pragma unroll
-      for (int j = 0; j < kSlots; ++j)
-        if (lane + 32 * j < E) score[lane + 32 * j] = expf(xv[j] - m) / s;
-      __syncwarp();
-      WarpTopK(score, E, K, lane, ws.idx, ws.val);
-      break;
-    }
-    case RoutingMethod::kRENORMALIZE:
-    case RoutingMethod::kTOPK:
-    case RoutingMethod::kLLAMA4: {
-      for (int e = lane; e < E; e += 32) score[e] = x[e];
-      __syncwarp();
-      WarpTopK(score, E, K, lane, ws.idx, ws.val);
-      break;
-    }
-    case RoutingMethod::kDEEPSEEK_V3: {
-      const int groups = rp.n_group > 1 ? rp.n_group : 1;
-      const int per_group = E / groups;
-      for (int e = lane; e < E; e += 32) score[e] = Sigmoid(x[e]) + (bias ? bias[e] : 0.0f);
-      __syncwarp();
-      if (groups > 1) {
-        // Group score = sum of its two best biased scores (lane g scans group g).
-        if (lane < groups) ws.group[lane] = GroupScore(score, lane, per_group);
-        __syncwarp();
-        WarpTopK(ws.group, groups, rp.topk_group, lane, ws.group_idx, ws.group_val);
-        uint32_t kept = 0;
-        for (int i = 0; i < rp.topk_group; ++i) kept |= 1u << ws.group_idx[i];
-        for (int e = lane; e < E; e += 32)
-          if (!(kept >> (e / per_group) & 1u)) score[e] = -INFINITY;
-        __syncwarp();
-      }
-      WarpTopK(score, E, K, lane, ws.idx, ws.val);
-      break;
-    }
+    for (int j = 0; j < S; ++j)
+      if (base + j < E) s += expf(xv[j] - m);
+    s = WarpSum(s);
+#pragma unroll
+    for (int j = 0; j < S; ++j) sc[j] = expf(xv[j] - m) / s;
+  } else if constexpr (kMethod == RoutingMethod::kDEEPSEEK_V3) {  // biased sigmoid, then groups
+    float bv[S];
+#pragma unroll
+    for (int j = 0; j < S; ++j) bv[j] = bias != nullptr && base + j < E ? bias[base + j] : 0.0f;
+#pragma unroll
+    for (int j = 0; j < S; ++j) sc[j] = Sigmoid(xv[j]) + bv[j];
+    if (rp.n_group > 1) MaskToBestGroups<S>(sc, rp, E, base, lane, s_score[warp]);
+  } else {  // renormalize, top-k, Llama-4: select on the logits
+#pragma unroll
+    for (int j = 0; j < S; ++j) sc[j] = xv[j];
   }
-  // The weights are a few k-ordered sums (the CPU's own RoutingWeights, same
-  // order): one lane computes them into shared memory, lanes < K store.
-  if (lane == 0) RoutingWeights(rp, x, ws.val, ws.idx, ws.w);
-  __syncwarp();
+
+  uint64_t cand[S];
+#pragma unroll
+  for (int j = 0; j < S; ++j) cand[j] = base + j < E ? Candidate(sc[j], base + j) : 0;
+  SortLargestFirst<S>(cand);
+  const uint64_t mine = WarpSelectTopK<S>(cand, K, lane);  // lane k < K: the k-th choice
+  const int idx = CandidateIndex(mine);
+  const float score = CandidateScore(mine);
+
+  // RoutingWeights' expressions, lane k for choice k; sums in k order.
+  float w = score;  // default (probabilities) and top-k (raw logits)
+  if constexpr (kMethod == RoutingMethod::kLLAMA4) {
+    w = Sigmoid(score);
+  } else if constexpr (kMethod == RoutingMethod::kRENORMALIZE) {
+    const float ex = expf(score - __shfl_sync(kFull, score, 0));
+    float s = 0.0f;
+    for (int k = 0; k < K; ++k) s += __shfl_sync(kFull, ex, k);
+    w = ex / s;
+  } else if constexpr (kMethod == RoutingMethod::kDEEPSEEK_V3) {
+    // The unbiased logit of the chosen expert, from the lane that holds it.
+    const int owner = (idx / S) & 31, slot = idx % S;
+    float xe = 0.0f;
+#pragma unroll
+    for (int j = 0; j < S; ++j) {
+      const float v = __shfl_sync(kFull, xv[j], owner);
+      if (slot == j) xe = v;
+    }
+    const float sig = Sigmoid(xe);
+    float s = 0.0f;
+    for (int k = 0; k < K; ++k) s += __shfl_sync(kFull, sig, k);
+    w = sig * rp.routed_scaling_factor / (s + 1e-20f);
+  }
   if (lane < K) {
-    ids[static_cast<int64_t>(t) * K + lane] = ws.idx[lane];
-    weights[static_cast<int64_t>(t) * K + lane] = ws.w[lane];
+    ids[static_cast<int64_t>(t) * K + lane] = idx;
+    weights[static_cast<int64_t>(t) * K + lane] = w;
   }
+}
+
+using RoutingFn = void (*)(const float*, const float*, RoutingParams, int, int32_t*, float*);
+
+template <RoutingMethod kMethod>
+RoutingFn RoutingKernelFor(int num_experts) {
+  if (num_experts <= 32) return RoutingKernel<kMethod, 1>;
+  if (num_experts <= 64) return RoutingKernel<kMethod, 2>;
+  if (num_experts <= 128) return RoutingKernel<kMethod, 4>;
+  if (num_experts <= 256) return RoutingKernel<kMethod, 8>;
+  return RoutingKernel<kMethod, 16>;
 }
 
 }  // namespace
@@ -214,14 +215,17 @@ ffi::Error LaunchRouting(const MoeProblem& p, const MoeBuffers& b, cudaStream_t 
                                      cudaMemcpyDeviceToDevice, stream),
                      "routing: copy topk_weights");
   }
+  if (p.routing.num_experts > kMaxExperts || p.routing.top_k > 32)
+    return ffi::Error::InvalidArgument("routing: more than 512 experts or top_k > 32");
   const int blocks = static_cast<int>((p.num_tokens + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  void (*kernel)(const float*, const float*, RoutingParams, int, int32_t*, float*) = nullptr;
+  const int E = p.routing.num_experts;
+  RoutingFn kernel = nullptr;
   switch (p.routing.method) {
-    case RoutingMethod::kDEFAULT: kernel = RoutingKernel<RoutingMethod::kDEFAULT>; break;
-    case RoutingMethod::kRENORMALIZE: kernel = RoutingKernel<RoutingMethod::kRENORMALIZE>; break;
-    case RoutingMethod::kTOPK: kernel = RoutingKernel<RoutingMethod::kTOPK>; break;
-    case RoutingMethod::kLLAMA4: kernel = RoutingKernel<RoutingMethod::kLLAMA4>; break;
-    case RoutingMethod::kDEEPSEEK_V3: kernel = RoutingKernel<RoutingMethod::kDEEPSEEK_V3>; break;
+    case RoutingMethod::kDEFAULT: kernel = RoutingKernelFor<RoutingMethod::kDEFAULT>(E); break;
+    case RoutingMethod::kRENORMALIZE: kernel = RoutingKernelFor<RoutingMethod::kRENORMALIZE>(E); break;
+    case RoutingMethod::kTOPK: kernel = RoutingKernelFor<RoutingMethod::kTOPK>(E); break;
+    case RoutingMethod::kLLAMA4: kernel = RoutingKernelFor<RoutingMethod::kLLAMA4>(E); break;
+    case RoutingMethod::kDEEPSEEK_V3: kernel = RoutingKernelFor<RoutingMethod::kDEEPSEEK_V3>(E); break;
   }
   if (kernel == nullptr) return ffi::Error::InvalidArgument("routing: unknown routing method");
   kernel<<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(b.logits, b.routing_bias, p.routing,
