@@ -7,7 +7,8 @@
 #   probe     tests/cuda/wgmma_probe.cu: the wgmma layout/descriptor contract alone (seconds)
 #   gpu       pytest -m gpu
 #   routing   tests/cuda/routing_check.cu: the CUDA routing kernel alone vs the CPU's RouteToken
-#             (every method, E 2-512, both grouping paths, ties), then timed per model shape (seconds;
+#             (every method, E 2-512, both grouping paths, ties), the fused routing + permute kernel
+#             vs the separate ones and a host permute, then timed per model shape (seconds;
 #             ROUTING_BASELINE=<file.cu>: also build that routing.cu and compare / time it)
 #   sanitize  compute-sanitizer memcheck + racecheck on tests/cuda/sanitizer_harness.cu
 #             (a JAX-free driver of the CUDA stages: the sanitizer crashes inside JAX)
@@ -129,13 +130,13 @@ if has routing; then
   NV=(nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -isystem "$INC" -Iffi_src)
   EXTRA=()
   if [ -n "${ROUTING_BASELINE:-}" ]; then  # a routing.cu from another commit, under another name
-    cp "$ROUTING_BASELINE" ffi_src/cuda/zz_routing_baseline.cu
-    "${NV[@]}" -DLaunchRouting=LaunchRoutingBaseline -c ffi_src/cuda/zz_routing_baseline.cu -o /tmp/routing_baseline.o \
+    # (outside ffi_src/cuda: CMake globs that directory; the quoted includes resolve through -Iffi_src)
+    "${NV[@]}" -DLaunchRouting=LaunchRoutingBaseline -x cu -c "$ROUTING_BASELINE" -o /tmp/routing_baseline.o \
       > "$OUT/routing_build.log" 2>&1 || { tail -20 "$OUT/routing_build.log"; exit 1; }
-    rm -f ffi_src/cuda/zz_routing_baseline.cu
     EXTRA=(-DROUTING_BASELINE /tmp/routing_baseline.o)
   fi
-  "${NV[@]}" tests/cuda/routing_check.cu ffi_src/cuda/routing.cu "${EXTRA[@]}" -o /tmp/routing_check \
+  "${NV[@]}" tests/cuda/routing_check.cu ffi_src/cuda/{routing,permute}.cu ffi_src/common/problem.cc "${EXTRA[@]}" \
+    -o /tmp/routing_check \
     >> "$OUT/routing_build.log" 2>&1 || { tail -20 "$OUT/routing_build.log"; exit 1; }
   /tmp/routing_check ${ROUTING_ARGS:-} > "$OUT/routing.txt" 2>&1
   echo "routing check rc $?"; cat "$OUT/routing.txt"
@@ -149,9 +150,13 @@ if has sanitize; then
     ffi_src/common/{problem,tactics}.cc -o "$OUT/sanitizer_harness" > "$OUT/harness_build.log" 2>&1 \
     || { tail -20 "$OUT/harness_build.log"; exit 1; }
   echo "harness build: $(( $(date +%s) - START )) s"
-  for tool in memcheck racecheck; do
-    compute-sanitizer --tool "$tool" --error-exitcode 3 "$OUT/sanitizer_harness" > "$OUT/sanitizer_$tool.log" 2>&1
-    echo "compute-sanitizer $tool (rc $?): $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|sanitizer harness" "$OUT/sanitizer_$tool.log" | tr '\n' ' ')"
+  # Both routing paths: separate routing and permute kernels, and fused (T <= 8).
+  for fused in 0 1; do
+    for tool in memcheck racecheck; do
+      JAX_MOE_FUSED_ROUTING=$fused compute-sanitizer --tool "$tool" --error-exitcode 3 "$OUT/sanitizer_harness" \
+        > "$OUT/sanitizer_${tool}_fused$fused.log" 2>&1
+      echo "compute-sanitizer $tool, fused routing $fused (rc $?): $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|sanitizer harness" "$OUT/sanitizer_${tool}_fused$fused.log" | tr '\n' ' ')"
+    done
   done
   rm -f "$OUT/sanitizer_harness"
 fi

@@ -173,10 +173,12 @@ int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf
   cudaEvent_t ev[6];
   for (auto& e : ev) CHECK_CUDA(cudaEventCreate(&e));
   const char* names[5] = {"routing", "permute", "gemm1", "gemm2", "finalize"};
+  const bool fused = cuda::RoutingFusesPermute(p);
   auto stage = [&](int i) -> ffi::Error {
     switch (i) {
-      case 0: return cuda::LaunchRouting(p, b, s);
-      case 1: return cuda::LaunchPermute(p, b.topk_ids, ws, s);
+      // JAX_MOE_FUSED_ROUTING=1 at T <= 8: one kernel, timed as "routing" (permute ~0).
+      case 0: return fused ? cuda::LaunchRoutingAndPermute(p, b, ws, s) : cuda::LaunchRouting(p, b, s);
+      case 1: return fused ? ffi::Error::Success() : cuda::LaunchPermute(p, b.topk_ids, ws, s);
       case 2: return cuda::LaunchGemm1(p, b, ws, p.tactic, s);
       case 3: return cuda::LaunchGemm2(p, b, ws, p.tactic, s);
       default: return cuda::LaunchFinalize(p, b, ws, s);
@@ -376,11 +378,11 @@ int main(int argc, char** argv) {
     return v ? v : "(unset)";
   };
   // The knobs the handlers read per call: split cap, L2 prefetch distance,
-  // dependent launch, activation prefetch (timer_report keys the rows on them).
+  // dependent launch, activation prefetch, fused routing (timer_report keys the rows on them).
   std::printf("stage_timer: median of %d, L2 flushed before each, JAX_MOE_MAX_K_SPLITS=%s "
-              "JAX_MOE_L2_PREFETCH=%s JAX_MOE_DEPENDENT_LAUNCH=%s JAX_MOE_ACT_PREFETCH=%s\n",
+              "JAX_MOE_L2_PREFETCH=%s JAX_MOE_DEPENDENT_LAUNCH=%s JAX_MOE_ACT_PREFETCH=%s JAX_MOE_FUSED_ROUTING=%s\n",
               reps, env("JAX_MOE_MAX_K_SPLITS"), env("JAX_MOE_L2_PREFETCH"), env("JAX_MOE_DEPENDENT_LAUNCH"),
-              env("JAX_MOE_ACT_PREFETCH"));
+              env("JAX_MOE_ACT_PREFETCH"), env("JAX_MOE_FUSED_ROUTING"));
   if (pattern) return ProbePatterns(reps, flush, flush_bytes);
   int failures = 0;
   for (const std::string& w : Split(weights))

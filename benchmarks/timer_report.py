@@ -20,7 +20,7 @@ import re
 
 _HEADER = re.compile(r"stage_timer: median of (\d+), .*JAX_MOE_MAX_K_SPLITS=(\S+)"
                      r"(?: JAX_MOE_L2_PREFETCH=(\S+) JAX_MOE_DEPENDENT_LAUNCH=(\S+))?"
-                     r"(?: JAX_MOE_ACT_PREFETCH=(\S+))?")
+                     r"(?: JAX_MOE_ACT_PREFETCH=(\S+))?(?: JAX_MOE_FUSED_ROUTING=(\S+))?")
 _ROW = re.compile(r"(\S+)\s+(nvfp4|mxfp4) T=(\d+)\s+(\S+)\s+splits<=(\d+) pipeline\s+([\d.]+) us \|(.*)")
 _STAGE = re.compile(r"(routing|permute|gemm1|gemm2|finalize)\s+([\d.]+)")
 _FINALIZE = re.compile(r"finalize (\S+)\s+T=(\d+)\s+K=(\d+) H=(\d+) ([\d.]+) MB \| vectorized\s+([\d.]+) us\s+(\d+) GB/s"
@@ -30,14 +30,14 @@ _PATTERN = re.compile(r"pattern (.+?)\s+(linear|tiled)\s+spin\s+(\d+)\s+(\d+) wa
 
 def parse_timer(text: str) -> tuple[list[dict], list[dict]]:
     rows, patterns = [], []
-    cap, l2, dep, act = "unset", "n/a", "n/a", "n/a"  # older headers lack the later knobs
+    cap, l2, dep, act, fused = "unset", "n/a", "n/a", "n/a", "n/a"  # older headers lack the later knobs
     for line in text.splitlines():
         if m := _HEADER.search(line):
             cap = m.group(2)
-            l2, dep, act = (m.group(3) or "n/a"), (m.group(4) or "n/a"), (m.group(5) or "n/a")
+            l2, dep, act, fused = (m.group(i) or "n/a" for i in (3, 4, 5, 6))
         elif m := _ROW.match(line.strip()):
             row = dict(model=m.group(1), weights=m.group(2), T=int(m.group(3)), tactic=m.group(4),
-                       split_cap=cap, l2_prefetch=l2, dependent_launch=dep, act_prefetch=act,
+                       split_cap=cap, l2_prefetch=l2, dependent_launch=dep, act_prefetch=act, fused_routing=fused,
                        max_splits_used=int(m.group(5)), pipeline_us=float(m.group(6)))
             row.update({k + "_us": float(v) for k, v in _STAGE.findall(m.group(7))})
             rows.append(row)
@@ -77,13 +77,13 @@ def parse_counters(text: str) -> list[dict]:
 def markdown(d: dict) -> str:
     out = [f"# Decode pipeline per stage ({d['device']}, {d['date']}, commit {d['commit']})", "",
            f"Command: `{d['command']}`. GPU tests at this commit: {d['gpu_tests']}.", "",
-           "| model | T | tactic | split cap | L2 prefetch | dependent launch | act prefetch | splits used | "
+           "| model | T | tactic | split cap | L2 prefetch | dependent launch | act prefetch | fused routing | splits used | "
            "pipeline (us) | routing | permute | gemm1 | gemm2 | finalize |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in d["rows"]:
         out.append(f"| {r['model']} {r['weights']} | {r['T']} | {r['tactic']} | {r['split_cap']} | "
                    f"{r.get('l2_prefetch', 'n/a')} | {r.get('dependent_launch', 'n/a')} | "
-                   f"{r.get('act_prefetch', 'n/a')} | "
+                   f"{r.get('act_prefetch', 'n/a')} | {r.get('fused_routing', 'n/a')} | "
                    f"{r['max_splits_used']} | {r['pipeline_us']:.1f} | " +
                    " | ".join(f"{r.get(s + '_us', float('nan')):.1f}"
                               for s in ("routing", "permute", "gemm1", "gemm2", "finalize")) + " |")

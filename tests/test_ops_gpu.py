@@ -284,6 +284,27 @@ def test_launch_and_prefetch_knobs_change_no_bit(index, T, H, I, monkeypatch):
     assert_close(on, run_op_and_reference(case, tactic=tactic)[1], rel=REL_TOL)
 
 
+@pytest.mark.parametrize("T", [1, 5, 8])
+@pytest.mark.parametrize("method", list(RoutingMethod), ids=[m.name for m in RoutingMethod])
+def test_fused_routing_changes_no_bit(method, T, monkeypatch):
+    """JAX_MOE_FUSED_ROUTING=1 runs routing and permute as one kernel at T <= 8
+    (cuda/permute.cu): the same ids, weights and per-(token, k) rows bit for
+    bit as the two kernels, every routing method, and both match the reference."""
+    case = make_case(T=T, H=256, I=128, E=64, top_k=6, routing=method)
+    if method == RoutingMethod.DEEPSEEK_V3:
+        case.kwargs.update(n_group=8, topk_group=3)
+    f = jax.jit(lambda *a: jax_moe.fp4_moe(*a, **case.kwargs, do_finalize=False))
+    args = (case.hidden, case.logits, case.w13, case.w2)
+    results = []
+    for value in ("1", "0"):
+        monkeypatch.setenv("JAX_MOE_FUSED_ROUTING", value)  # read by the handler at every call
+        results.append([np.asarray(r) for r in f(*args)])
+    for fused, separate in zip(*results):
+        np.testing.assert_array_equal(fused.view(np.uint8), separate.view(np.uint8))
+    monkeypatch.setenv("JAX_MOE_FUSED_ROUTING", "1")
+    assert_close(*run_op_and_reference(case), rel=REL_TOL)
+
+
 def _rms_norm(x):
     x = x.astype(jnp.float32)
     return (x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)).astype(jnp.bfloat16)

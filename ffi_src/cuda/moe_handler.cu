@@ -58,8 +58,7 @@ ffi::Error MoeCuda(cudaStream_t stream, ffi::RemainingArgs args, ffi::RemainingR
     const Workspace ws = ViewWorkspace(call.layout, b.workspace);
     CountCall(stream);
     if (PoisonOutputs()) JM_RETURN_IF_ERROR(Poison(p, b, call.layout, stream));
-    JM_RETURN_IF_ERROR(LaunchRouting(p, b, stream));
-    JM_RETURN_IF_ERROR(LaunchPermute(p, b.topk_ids, ws, stream));
+    JM_RETURN_IF_ERROR(LaunchRoutingAndPermute(p, b, ws, stream));
     JM_RETURN_IF_ERROR(LaunchGemm1(p, b, ws, p.tactic, stream));
     JM_RETURN_IF_ERROR(LaunchGemm2(p, b, ws, p.tactic, stream));
     return LaunchFinalize(p, b, ws, stream);

@@ -1,5 +1,5 @@
 // The five stages of the CUDA pipeline and their launchers, one file each:
-//   routing.cu -> permute.cu -> gemm1.cu (+ activation) -> gemm2.cu -> finalize.cu
+//   routing.cu -> permute.cu (or both in one kernel) -> gemm1.cu (+ activation) -> gemm2.cu -> finalize.cu
 // moe_handler.cu runs them in order on the FFI stream. Every grid is sized
 // from static shapes (the worst case); blocks past the live work read the
 // device-side tile count and exit, so nothing ever waits on the host.
@@ -22,6 +22,15 @@ ffi::Error LaunchRouting(const MoeProblem& p, const MoeBuffers& b, cudaStream_t 
 // tile -> expert map and the live tile count, in one single-block kernel.
 ffi::Error LaunchPermute(const MoeProblem& p, const int32_t* topk_ids, const Workspace& ws,
                          cudaStream_t stream);
+
+// permute.cu: stages 1 and 2; one fused kernel when RoutingFusesPermute(p)
+// (T <= 8, not routed, JAX_MOE_FUSED_ROUTING=1), else LaunchRouting then
+// LaunchPermute. The fusion is off by default until a device run has timed
+// it (benchmarks/NOTES.md v8); read per call, host-side.
+inline bool FusedRoutingEnabled() { return EnvFlag("JAX_MOE_FUSED_ROUTING", false); }
+bool RoutingFusesPermute(const MoeProblem& p);
+ffi::Error LaunchRoutingAndPermute(const MoeProblem& p, const MoeBuffers& b, const Workspace& ws,
+                                   cudaStream_t stream);
 
 // gemm1.cu: h = act(x @ W13^T (+ b13)), re-quantized to the activation format.
 ffi::Error LaunchGemm1(const MoeProblem& p, const MoeBuffers& b, const Workspace& ws,

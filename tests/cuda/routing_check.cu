@@ -1,13 +1,17 @@
 // The CUDA routing stage alone, without JAX: checked against the CPU's
 // RouteToken (common/routing_math.h) on random logits for every method, lane
 // width (E from 2 to 512), both DeepSeek-V3 grouping paths, biases, ties, and
-// T = 1 / odd T; then timed per model shape (events, L2 flushed before each
-// repetition, median). Seconds to build and run, so a routing change can be
+// T = 1 / odd T; at T <= 8 also the fused routing + permute kernel
+// (JAX_MOE_FUSED_ROUTING=1: the same ids and weights bit for bit, and the
+// permute outputs against a host permute of those ids, all experts local and
+// a local range); then timed per model shape (events, L2 flushed before each
+// repetition, median; fused vs separate kernels at T <= 8). Seconds to build and run, so a routing change can be
 // checked on a device without the whole extension (benchmarks/gpu_check.sh
 // routing).
 //
 //   nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -isystem <jaxlib>/include -Iffi_src \
-//     tests/cuda/routing_check.cu ffi_src/cuda/routing.cu -o routing_check && ./routing_check
+//     tests/cuda/routing_check.cu ffi_src/cuda/{routing,permute}.cu ffi_src/common/problem.cc \
+//     -o routing_check && ./routing_check
 //   ./routing_check --no-check --models deepseek-v3 --tokens 1 --reps 1    # e.g. under ncu
 //
 // With -DROUTING_BASELINE and another routing.cu compiled with
@@ -23,6 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -30,6 +35,7 @@
 
 #include "common/problem.h"
 #include "common/routing_math.h"
+#include "common/workspace.h"
 #include "cuda/stages.cuh"
 #include "driver_check.h"
 
@@ -136,6 +142,104 @@ bool Close(float a, float b, float rtol) {
   return std::isfinite(a) && std::isfinite(b) && std::fabs(a - b) <= rtol * std::max(std::fabs(b), 1e-30f);
 }
 
+// The permute outputs for `ids` against a host permute: counts, offsets,
+// live tiles and tile -> expert exactly; each local pair in its expert's
+// rows, each row once (the order inside an expert is an atomic's).
+int CheckPermute(const MoeProblem& p, const WorkspaceLayout& l, const std::vector<uint8_t>& host_ws,
+                 const std::vector<int32_t>& ids, const char* what) {
+  const Workspace ws = ViewWorkspace(l, const_cast<uint8_t*>(host_ws.data()));
+  const int El = static_cast<int>(p.num_local_experts), off = static_cast<int>(p.local_expert_offset);
+  const int64_t TK = p.expanded(), tile = l.tile;
+  std::vector<int32_t> count(El, 0), offsets(El + 1, 0);
+  for (int32_t id : ids)
+    if (id - off >= 0 && id - off < El) ++count[id - off];
+  for (int e = 0; e < El; ++e) offsets[e + 1] = offsets[e] + static_cast<int32_t>((count[e] + tile - 1) / tile * tile);
+  const int32_t live = static_cast<int32_t>(offsets[El] / tile);
+  int bad = 0;
+  auto fail = [&](const char* field, int64_t i, int64_t got, int64_t want) {
+    if (bad++ < 3) std::printf("  PERMUTE %s: %s[%lld] = %lld, want %lld\n", what, field, static_cast<long long>(i),
+                               static_cast<long long>(got), static_cast<long long>(want));
+  };
+  for (int e = 0; e < El; ++e)
+    if (ws.counts[e] != count[e]) fail("counts", e, ws.counts[e], count[e]);
+  for (int e = 0; e <= El; ++e)
+    if (ws.offsets[e] != offsets[e]) fail("offsets", e, ws.offsets[e], offsets[e]);
+  if (*ws.num_tiles != live) fail("num_tiles", 0, *ws.num_tiles, live);
+  for (int64_t t = 0; t < l.max_tiles; ++t) {
+    int32_t want = -1;
+    for (int e = 0; e < El && t < live; ++e)
+      if (t * tile >= offsets[e] && t * tile < offsets[e + 1]) want = e;
+    if (ws.tile_expert[t] != want) fail("tile_expert", t, ws.tile_expert[t], want);
+  }
+  std::vector<int> seen(l.max_rows, 0);
+  for (int64_t ex = 0; ex < TK; ++ex) {
+    const int e = ids[ex] - off;
+    const int32_t row = ws.expanded_to_permuted[ex];
+    if (e < 0 || e >= El) {
+      if (row != -1) fail("expanded_to_permuted (non-local)", ex, row, -1);
+      continue;
+    }
+    if (row < offsets[e] || row >= offsets[e] + count[e]) { fail("expanded_to_permuted", ex, row, offsets[e]); continue; }
+    if (seen[row]++) fail("row used twice", row, row, -1);
+    if (ws.permuted_to_expanded[row] != ex) fail("permuted_to_expanded", row, ws.permuted_to_expanded[row], ex);
+  }
+  for (int64_t r = 0; r < l.max_rows; ++r)
+    if (!seen[r] && ws.permuted_to_expanded[r] != -1) fail("permuted_to_expanded (padding)", r, ws.permuted_to_expanded[r], -1);
+  return bad;
+}
+
+// T <= 8: the fused kernel (JAX_MOE_FUSED_ROUTING=1) against the separate
+// ones, for all experts local and for a local range (expert parallelism).
+int CheckFused(const Case& c, const DeviceRouting& d, const std::vector<int32_t>& ids, const std::vector<float>& w) {
+  int failures = 0;
+  for (int ranged = 0; ranged < 2; ++ranged) {
+    MoeProblem p = Problem(c);
+    p.hidden_size = 64;
+    p.intermediate_size = 64;
+    p.num_local_experts = ranged && c.E >= 4 ? c.E / 2 : c.E;
+    p.local_expert_offset = ranged && c.E >= 4 ? c.E / 4 : 0;
+    const WorkspaceLayout l = PlanWorkspace(p, /*tile=*/8, /*split_k_limit=*/2);  // tickets zeroed too
+    uint8_t* dws = nullptr;
+    CHECK_CUDA(cudaMalloc(&dws, l.total));
+    const Workspace ws = ViewWorkspace(l, dws);
+    std::vector<uint8_t> host(l.total);
+    for (int fused = 0; fused < 2; ++fused) {
+      setenv("JAX_MOE_FUSED_ROUTING", fused ? "1" : "0", 1);
+      if (cuda::RoutingFusesPermute(p) != (fused == 1)) {
+        std::printf("  RoutingFusesPermute(T=%d) = %d with JAX_MOE_FUSED_ROUTING=%d\n", c.T, !fused, fused);
+        ++failures;
+      }
+      const size_t n = size_t{1} * c.T * c.K;
+      CHECK_CUDA(cudaMemset(d.ids, 0xff, n * sizeof(int32_t)));
+      CHECK_CUDA(cudaMemset(d.weights, 0xff, n * sizeof(float)));
+      CHECK_CUDA(cudaMemset(dws, 0x7b, l.total));  // poison: every field must be written
+      const ffi::Error e = cuda::LaunchRoutingAndPermute(p, d.Buffers(), ws, 0);
+      if (e.failure()) { std::printf("routing + permute failed: %s\n", e.message().c_str()); std::exit(2); }
+      CHECK_CUDA(cudaDeviceSynchronize());
+      std::vector<int32_t> got_ids(n);
+      std::vector<float> got_w(n);
+      CHECK_CUDA(cudaMemcpy(got_ids.data(), d.ids, n * sizeof(int32_t), cudaMemcpyDeviceToHost));
+      CHECK_CUDA(cudaMemcpy(got_w.data(), d.weights, n * sizeof(float), cudaMemcpyDeviceToHost));
+      CHECK_CUDA(cudaMemcpy(host.data(), dws, l.total, cudaMemcpyDeviceToHost));
+      if (got_ids != ids || std::memcmp(got_w.data(), w.data(), n * sizeof(float)) != 0) {
+        std::printf("  FUSED=%d ROUTING DIFFERS %s E=%d K=%d T=%d\n", fused, MethodName(c.method), c.E, c.K, c.T);
+        ++failures;
+      }
+      const int bad = CheckPermute(p, l, host, got_ids, fused ? "fused" : "separate");
+      for (int64_t i = 0; i < l.num_tickets && !bad; ++i)
+        if (reinterpret_cast<const int32_t*>(host.data() + l.tickets)[i] != 0) {
+          std::printf("  ticket %lld not zeroed (fused=%d)\n", static_cast<long long>(i), fused);
+          ++failures;
+          break;
+        }
+      failures += bad > 0;
+    }
+    unsetenv("JAX_MOE_FUSED_ROUTING");
+    cudaFree(dws);
+  }
+  return failures;
+}
+
 // Returns the number of failures; counts near-ties in *near.
 int CheckCase(const Case& c, int* near) {
   std::normal_distribution<float> normal(0.0f, 1.5f);
@@ -185,6 +289,7 @@ int CheckCase(const Case& c, int* near) {
       ++failures;
     }
   }
+  if (c.T <= 8) failures += CheckFused(c, d, ids, w);
 #ifdef ROUTING_BASELINE
   // The baseline kernel uses the same CUDA expf: the same experts, always.
   std::vector<int32_t> base_ids;
@@ -207,7 +312,7 @@ std::vector<Case> Cases() {
     for (int E : {2, 7, 8, 31, 32, 33, 64, 100, 128, 129, 256, 257, 384, 512})
       for (int K : {1, 2, 4, 8, 16})
         if (K <= E)
-          for (int T : {1, 37})
+          for (int T : {1, 8, 37})
             for (int ties : {0, 1}) cases.push_back(Case{m, E, K, 0, 0, T, false, ties});
   // DeepSeek-V3: (E, groups, kept groups); lane widths 1-16, groups on lanes
   // (power-of-two lanes per group) and not (shared memory), no grouping.
@@ -217,7 +322,7 @@ std::vector<Case> Cases() {
     for (int K : {1, 4, 8}) {
       const int per_group = g.n_group > 1 ? g.E / g.n_group : g.E;
       if (K > g.E || (g.n_group > 1 && K > g.topk_group * per_group)) continue;
-      for (int T : {1, 37})
+      for (int T : {1, 5, 37})
         for (bool bias : {false, true})
           for (int ties : {0, 1, 2})
             cases.push_back(Case{RoutingMethod::kDEEPSEEK_V3, g.E, K, g.n_group, g.topk_group, T, bias, ties});
@@ -225,6 +330,13 @@ std::vector<Case> Cases() {
   cases.push_back(Case{RoutingMethod::kRENORMALIZE, 128, 8, 0, 0, 4099, false, 0});  // many blocks
   cases.push_back(Case{RoutingMethod::kDEEPSEEK_V3, 256, 8, 8, 4, 4099, true, 0});
   return cases;
+}
+
+// The timed routing + permute call (a Launcher: the workspace comes from here).
+MoeProblem g_time_problem;
+Workspace g_time_ws;
+ffi::Error TimedRoutingAndPermute(const MoeProblem&, const MoeBuffers& b, cudaStream_t s) {
+  return cuda::LaunchRoutingAndPermute(g_time_problem, b, g_time_ws, s);
 }
 
 float MedianUs(Launcher launch, const Case& c, const DeviceRouting& d, int reps, void* flush, size_t flush_bytes) {
@@ -309,6 +421,22 @@ int main(int argc, char** argv) {
 #ifdef ROUTING_BASELINE
       std::printf("  baseline %7.2f us", MedianUs(cuda::LaunchRoutingBaseline, c, d, reps, flush, flush_bytes));
 #endif
+      if (T <= 8) {  // routing + permute (the model's experts all local), separate vs fused
+        g_time_problem = Problem(c);
+        g_time_problem.hidden_size = g_time_problem.intermediate_size = 64;
+        g_time_problem.num_local_experts = c.E;
+        const WorkspaceLayout l = PlanWorkspace(g_time_problem, 8, 1);
+        uint8_t* dws = nullptr;
+        CHECK_CUDA(cudaMalloc(&dws, l.total));
+        g_time_ws = ViewWorkspace(l, dws);
+        for (int fused = 0; fused < 2; ++fused) {
+          setenv("JAX_MOE_FUSED_ROUTING", fused ? "1" : "0", 1);
+          std::printf("  %s %7.2f us", fused ? "fused routing+permute" : "routing+permute",
+                      MedianUs(TimedRoutingAndPermute, c, d, reps, flush, flush_bytes));
+        }
+        unsetenv("JAX_MOE_FUSED_ROUTING");
+        cudaFree(dws);
+      }
       std::printf("\n");
     }
   cudaFree(flush);

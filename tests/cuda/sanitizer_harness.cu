@@ -129,8 +129,8 @@ int RunOne(const Run& r) {
   CHECK_CUDA(cudaStreamCreate(&s));
   const char* stage = "";
   ffi::Error err = ffi::Error::Success();
-  if (!(err = (stage = "routing", cuda::LaunchRouting(p, b, s))).failure() &&
-      !(err = (stage = "permute", cuda::LaunchPermute(p, b.topk_ids, ws, s))).failure() &&
+  // Fused into one kernel at T <= 8 when JAX_MOE_FUSED_ROUTING=1 (gpu_check runs both).
+  if (!(err = (stage = "routing + permute", cuda::LaunchRoutingAndPermute(p, b, ws, s))).failure() &&
       !(err = (stage = "gemm1", cuda::LaunchGemm1(p, b, ws, r.tactic, s))).failure() &&
       !(err = (stage = "gemm2", cuda::LaunchGemm2(p, b, ws, r.tactic, s))).failure())
     err = (stage = "finalize", cuda::LaunchFinalize(p, b, ws, s));
