@@ -55,14 +55,25 @@ def test_timer_report_parses_the_stage_timer_output(tmp_path):
         "stage_timer: median of 30, L2 flushed before each, JAX_MOE_MAX_K_SPLITS=8 JAX_MOE_L2_PREFETCH=0 "
         "JAX_MOE_DEPENDENT_LAUNCH=(unset) JAX_MOE_ACT_PREFETCH=0\n"
         "mixtral-8x7b   nvfp4 T=1      cuda_mma_t8_n128_r4    splits<=4 pipeline     161.4 us | routing      5.9 "
-        "permute      5.1 gemm1     93.8 gemm2     58.2 finalize      4.5\n")
+        "permute      5.1 gemm1     93.8 gemm2     58.2 finalize      4.5\n"
+        # Since the fused routing + permute knob.
+        "stage_timer: median of 20, L2 flushed before each, JAX_MOE_MAX_K_SPLITS=8 JAX_MOE_L2_PREFETCH=(unset) "
+        "JAX_MOE_DEPENDENT_LAUNCH=(unset) JAX_MOE_ACT_PREFETCH=(unset) JAX_MOE_FUSED_ROUTING=1\n"
+        "qwen3-30b-a3b  nvfp4 T=1      cuda_mma_t8_n128_r4    splits<=1 pipeline      55.0 us | routing      4.5 "
+        "permute      0.0 gemm1     35.2 gemm2     12.5 finalize      4.2\n")
     rows, patterns = timer_report.parse_timer(text)
     assert rows == [dict(model="mixtral-8x7b", weights="nvfp4", T=1, tactic="cuda_mma_t8_n128_r4", split_cap="1",
-                         l2_prefetch="n/a", dependent_launch="n/a", act_prefetch="n/a", max_splits_used=1, pipeline_us=224.7,
+                         l2_prefetch="n/a", dependent_launch="n/a", act_prefetch="n/a", fused_routing="n/a",
+                         max_splits_used=1, pipeline_us=224.7,
                          routing_us=6.7, permute_us=5.3, gemm1_us=98.8, gemm2_us=114.8, finalize_us=4.5),
                     dict(model="mixtral-8x7b", weights="nvfp4", T=1, tactic="cuda_mma_t8_n128_r4", split_cap="8",
-                         l2_prefetch="0", dependent_launch="(unset)", act_prefetch="0", max_splits_used=4, pipeline_us=161.4,
-                         routing_us=5.9, permute_us=5.1, gemm1_us=93.8, gemm2_us=58.2, finalize_us=4.5)]
+                         l2_prefetch="0", dependent_launch="(unset)", act_prefetch="0", fused_routing="n/a",
+                         max_splits_used=4, pipeline_us=161.4,
+                         routing_us=5.9, permute_us=5.1, gemm1_us=93.8, gemm2_us=58.2, finalize_us=4.5),
+                    dict(model="qwen3-30b-a3b", weights="nvfp4", T=1, tactic="cuda_mma_t8_n128_r4", split_cap="8",
+                         l2_prefetch="(unset)", dependent_launch="(unset)", act_prefetch="(unset)", fused_routing="1",
+                         max_splits_used=1, pipeline_us=55.0,
+                         routing_us=4.5, permute_us=0.0, gemm1_us=35.2, gemm2_us=12.5, finalize_us=4.2)]
     assert patterns == [dict(shape="deepseek-v3 gemm1 T=1", layout="linear", spin=200, warps=512, mb=117.44,
                              us=58.3, gb_per_s=2013)]
     # The finalize-alone line (printf format of stage_timer --finalize).
@@ -73,8 +84,9 @@ def test_timer_report_parses_the_stage_timer_output(tmp_path):
                         vectorized_gb_per_s=2326, scalar_us=21.3, scalar_gb_per_s=1551, speedup=21.3 / 14.2)]
     md = timer_report.markdown(dict(device="d", date="x", commit="c", command="cmd", gpu_tests="t", rows=rows,
                                     patterns=patterns, counters=[]))
-    assert "| n/a | n/a | n/a | 1 | 224.7 | 6.7 | 5.3 | 98.8 | 114.8 | 4.5 |" in md
-    assert "| 0 | (unset) | 0 | 4 | 161.4 | 5.9 | 5.1 | 93.8 | 58.2 | 4.5 |" in md
+    assert "| n/a | n/a | n/a | n/a | 1 | 224.7 | 6.7 | 5.3 | 98.8 | 114.8 | 4.5 |" in md
+    assert "| 0 | (unset) | 0 | n/a | 4 | 161.4 | 5.9 | 5.1 | 93.8 | 58.2 | 4.5 |" in md
+    assert "| (unset) | (unset) | (unset) | 1 | 1 | 55.0 | 4.5 | 0.0 | 35.2 | 12.5 | 4.2 |" in md
     md = timer_report.markdown(dict(device="d", date="x", commit="c", command="cmd", gpu_tests="t", rows=rows,
                                     patterns=patterns, finalize=fin, counters=[]))
     assert "| deepseek-v3 | 256 | 8 | 7168 | 33.03 | 14.2 | 2326 | 21.3 | 1551 | 1.50 |" in md
