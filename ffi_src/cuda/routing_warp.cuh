@@ -61,8 +61,8 @@ __device__ __forceinline__ float GroupScore(const float* score, int g, int per_g
 // lanes (DeepSeek-V3: 8 groups of 32 = 4 lanes of 8) the group's top two come
 // from a per-lane pass and xor shuffles; otherwise through shared memory.
 template <int S>
-__device__ __forceinline__ void MaskToBestGroups(float (&sc)[S], const RoutingParams& rp, int E, int base, int lane,
-                                 float* s_score) {
+__device__ __forceinline__ void MaskToBestGroups(float (&sc)[S], const RoutingParams& rp, int E, int base,
+                                                 int lane, float* s_score) {
   const int groups = rp.n_group, per_group = E / groups;
   const int lanes_per_group = per_group / S;
   const bool on_lanes = per_group % S == 0 && (lanes_per_group & (lanes_per_group - 1)) == 0;
