@@ -37,6 +37,9 @@ mkdir -p "$OUT"
   python3 -c "import jax, jaxlib; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, jax.devices())"
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
+# jaxlib's XLA FFI headers, for the JAX-free drivers (stage timer, sanitizer harness, routing
+# check); find_spec locates the package without importing it.
+JAXLIB_INC=$(python3 -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('jaxlib').origin).parent / 'include')")
 # Results files record the commit; the device copy's git metadata can be stale.
 [ -z "${JAX_MOE_COMMIT:-}" ] && echo "warning: JAX_MOE_COMMIT is not set: results will name $(git rev-parse --short HEAD 2>/dev/null), which may be stale" >&2
 
@@ -78,11 +81,10 @@ fi
 
 # The timer binary is built once per machine ('timerbuild' alone builds it, e.g. next to 'build').
 if { has timer || has counters || has timerbuild; } && [ ! -x /tmp/stage_timer ]; then
-  INC=$(python3 -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('jaxlib').origin).parent / 'include')")
   START=$(date +%s)
   mkdir -p /tmp/timer_obj
   for f in benchmarks/stage_timer.cu ffi_src/cuda/{routing,permute,gemm1,gemm2,finalize}.cu ffi_src/common/{problem,tactics}.cc; do
-    nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -DJAX_MOE_CUDA_ARCH='"sm_90a"' -isystem "$INC" -Iffi_src \
+    nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -DJAX_MOE_CUDA_ARCH='"sm_90a"' -isystem "$JAXLIB_INC" -Iffi_src \
       -x cu -c "$f" -o "/tmp/timer_obj/$(basename "$f").o" > "/tmp/timer_obj/$(basename "$f").log" 2>&1 &
   done
   wait
@@ -139,8 +141,7 @@ if has gpu; then
 fi
 
 if has routing; then
-  INC=$(python3 -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('jaxlib').origin).parent / 'include')")
-  NV=(nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -isystem "$INC" -Iffi_src)
+  NV=(nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -isystem "$JAXLIB_INC" -Iffi_src)
   EXTRA=()
   if [ -n "${ROUTING_BASELINE:-}" ]; then  # a routing.cu from another commit, under another name
     # (outside ffi_src/cuda: CMake globs that directory; the quoted includes resolve through -Iffi_src)
@@ -156,9 +157,8 @@ if has routing; then
 fi
 
 if has sanitize; then
-  INC=$(python3 -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('jaxlib').origin).parent / 'include')")
   START=$(date +%s)
-  nvcc -std=c++17 -arch=sm_90a -O2 -lineinfo --expt-relaxed-constexpr -isystem "$INC" -Iffi_src \
+  nvcc -std=c++17 -arch=sm_90a -O2 -lineinfo --expt-relaxed-constexpr -isystem "$JAXLIB_INC" -Iffi_src \
     tests/cuda/sanitizer_harness.cu ffi_src/cuda/{routing,permute,gemm1,gemm2,finalize}.cu \
     ffi_src/common/{problem,tactics}.cc -o "$OUT/sanitizer_harness" > "$OUT/harness_build.log" 2>&1 \
     || { tail -20 "$OUT/harness_build.log"; exit 1; }

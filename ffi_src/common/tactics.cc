@@ -96,10 +96,11 @@ std::string TacticInvalidReason(const MoeProblem& p, Platform platform, int64_t 
 // benchmarks/NOTES.md v5): the staged kernel runs a few warps per SM (not
 // issue-bound, v6 found, as v5 had thought), and every block pays a
 // latency-bound prologue (tile lookup, activation staging, ring fill) and
-// epilogue, so a split pays only when it keeps many K blocks. Measured wins: Mixtral GEMM2 at T = 1 (64 blocks, 112
-// K blocks) 114.8 -> 58.0 us with 4 splits, at T = 8 (288 blocks, 4.4 per SM
-// once split) 234.9 -> 172.6 us with 2; DeepSeek-V3 GEMM1 at T = 1 (128
-// blocks, 56 K blocks) 105.3 -> 94.3 us with 2. Measured losses: splits of
+// epilogue, so a split pays only when it keeps many K blocks. Measured wins:
+// Mixtral GEMM2 at T = 1 (64 blocks, 112 K blocks) 114.8 -> 58.0 us with 4
+// splits, at T = 8 (288 blocks, 4.4 per SM once split) 234.9 -> 172.6 us
+// with 2; DeepSeek-V3 GEMM1 at T = 1 (128 blocks, 56 K blocks) 105.3 -> 94.3
+// us with 2. Measured losses: splits of
 // 2-6 K blocks (Qwen3 GEMM1 37.8 -> 47.3 us with 4, GEMM2 13.6 -> 18.8 us
 // with 3; gpt-oss-120b GEMM1 49.9 -> 65.5 us with 5). These bounds pick
 // every winning split and none of the losing ones (tests/test_enums_and_tactics.py).

@@ -98,11 +98,11 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   // GEMM1 has 14 chunks at T = 1). The copies join the weight ring's group
   // of the chunk's first K block; the ring's own waits complete that group
   // before the chunk ends when a chunk holds >= WS K blocks. Small tiles
-  // only. The second buffer is static in the ring-less kernels; the ring
-  // kernels get it after the ring in the dynamic allocation, sized at launch
-  // only when the prefetch runs, so with JAX_MOE_ACT_PREFETCH=0 they have
-  // their old shared-memory footprint (a static second buffer, 4425715,
-  // came with GEMM1 12-21% slower in those kernels: NOTES v7).
+  // only, and not GEMM1's ring kernels (ActPrefetchable: slower there). The
+  // second buffer is static in the ring-less kernels; GEMM2's ring kernels
+  // get it after the ring in the dynamic allocation, sized at launch only
+  // when the prefetch runs, so with JAX_MOE_ACT_PREFETCH=0 they keep the
+  // ring-only shared-memory footprint.
   constexpr bool kActPrefetch = gemm_mma_detail::ActPrefetchable<TT, KC, WS, ST>();
   constexpr int kActStaticBufs = kActPrefetch && WS == 0 ? 2 : 1;
   static_assert(kActStaticBufs * TT * kRowVec * 16 + TT * 4 <= 48 * 1024, "staging must fit static shared memory");

@@ -56,8 +56,7 @@ struct PickRoutePermuteKernel {
 }  // namespace
 
 bool RoutingFusesPermute(const MoeProblem& p) {
-  return !p.routed && p.num_tokens >= 1 && p.num_tokens <= kFusedRoutingTokens &&
-         p.routing.num_experts <= kMaxExperts && p.routing.top_k <= 32 && FusedRoutingEnabled();
+  return !p.routed && p.num_tokens >= 1 && p.num_tokens <= kFusedRoutingTokens && FusedRoutingEnabled();
 }
 
 ffi::Error LaunchRoutingAndPermute(const MoeProblem& p, const MoeBuffers& b, const Workspace& ws,
@@ -66,8 +65,8 @@ ffi::Error LaunchRoutingAndPermute(const MoeProblem& p, const MoeBuffers& b, con
     JM_RETURN_IF_ERROR(LaunchRouting(p, b, stream));
     return LaunchPermute(p, b.topk_ids, ws, stream);
   }
-  const RoutePermuteFn kernel = PickRouting<PickRoutePermuteKernel>(p.routing.method, p.routing.num_experts);
-  if (kernel == nullptr) return ffi::Error::InvalidArgument("routing: unknown routing method");
+  const RoutePermuteFn kernel = PickRouting<PickRoutePermuteKernel>(p.routing);
+  if (kernel == nullptr) return ffi::Error::InvalidArgument(kUnsupportedRouting);
   kernel<<<1, kPermuteThreads, 0, stream>>>(b.logits, b.routing_bias, p.routing, static_cast<int>(p.num_tokens),
                                             b.topk_ids, b.topk_weights, static_cast<int>(p.num_local_experts),
                                             static_cast<int>(p.local_expert_offset),

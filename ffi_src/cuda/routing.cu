@@ -44,11 +44,9 @@ ffi::Error LaunchRouting(const MoeProblem& p, const MoeBuffers& b, cudaStream_t 
                                      cudaMemcpyDeviceToDevice, stream),
                      "routing: copy topk_weights");
   }
-  if (p.routing.num_experts > kMaxExperts || p.routing.top_k > 32)
-    return ffi::Error::InvalidArgument("routing: more than 512 experts or top_k > 32");
   const int blocks = static_cast<int>((p.num_tokens + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  const RoutingFn kernel = PickRouting<PickRoutingKernel>(p.routing.method, p.routing.num_experts);
-  if (kernel == nullptr) return ffi::Error::InvalidArgument("routing: unknown routing method");
+  const RoutingFn kernel = PickRouting<PickRoutingKernel>(p.routing);
+  if (kernel == nullptr) return ffi::Error::InvalidArgument(kUnsupportedRouting);
   kernel<<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(b.logits, b.routing_bias, p.routing,
                                                      static_cast<int>(p.num_tokens), b.topk_ids, b.topk_weights);
   return LaunchError("routing kernel");

@@ -192,7 +192,9 @@ __device__ __forceinline__ void RouteTokenWarp(const float* __restrict__ x, cons
 }
 
 // Pick::Get<kMethod, S>() for a routing method and expert count: S is the
-// smallest power of two with 32 * S >= E (E <= kMaxExperts = 512).
+// smallest power of two with 32 * S >= E. The one place that knows the
+// warp's limits: nullptr for an unknown method, E > 32 * 16 (= kMaxExperts)
+// or top_k > 32 (one choice per lane); the launchers turn that into an error.
 template <typename Pick, RoutingMethod kMethod>
 auto PickRoutingSlots(int num_experts) {
   if (num_experts <= 32) return Pick::template Get<kMethod, 1>();
@@ -201,14 +203,17 @@ auto PickRoutingSlots(int num_experts) {
   if (num_experts <= 256) return Pick::template Get<kMethod, 8>();
   return Pick::template Get<kMethod, 16>();
 }
+constexpr const char* kUnsupportedRouting = "routing: unknown method, more than 512 experts or top_k > 32";
 template <typename Pick>
-auto PickRouting(RoutingMethod method, int num_experts) -> decltype(Pick::template Get<RoutingMethod::kDEFAULT, 1>()) {
-  switch (method) {
-    case RoutingMethod::kDEFAULT: return PickRoutingSlots<Pick, RoutingMethod::kDEFAULT>(num_experts);
-    case RoutingMethod::kRENORMALIZE: return PickRoutingSlots<Pick, RoutingMethod::kRENORMALIZE>(num_experts);
-    case RoutingMethod::kTOPK: return PickRoutingSlots<Pick, RoutingMethod::kTOPK>(num_experts);
-    case RoutingMethod::kLLAMA4: return PickRoutingSlots<Pick, RoutingMethod::kLLAMA4>(num_experts);
-    case RoutingMethod::kDEEPSEEK_V3: return PickRoutingSlots<Pick, RoutingMethod::kDEEPSEEK_V3>(num_experts);
+auto PickRouting(const RoutingParams& rp) -> decltype(Pick::template Get<RoutingMethod::kDEFAULT, 1>()) {
+  static_assert(kMaxExperts <= 32 * 16 && kMaxTopK <= 32, "the routing warp's limits");
+  if (rp.num_experts > kMaxExperts || rp.top_k > 32) return nullptr;
+  switch (rp.method) {
+#define JAX_MOE_PICK_ROUTING(name, value) \
+  case RoutingMethod::k##name:             \
+    return PickRoutingSlots<Pick, RoutingMethod::k##name>(rp.num_experts);
+    JAX_MOE_ROUTING_METHODS(JAX_MOE_PICK_ROUTING)
+#undef JAX_MOE_PICK_ROUTING
   }
   return nullptr;
 }

@@ -58,14 +58,11 @@ struct Case {
   int ties;  // 0: normal logits; 1: logits on a 0.5 grid (many equal scores); 2: all equal
 };
 
-const char* MethodName(RoutingMethod m) {
-  switch (m) {
-    case RoutingMethod::kDEFAULT: return "default";
-    case RoutingMethod::kRENORMALIZE: return "renormalize";
-    case RoutingMethod::kTOPK: return "topk";
-    case RoutingMethod::kLLAMA4: return "llama4";
-    case RoutingMethod::kDEEPSEEK_V3: return "deepseek_v3";
-  }
+const char* MethodName(RoutingMethod m) {  // from the one list in common/enums.h
+#define JAX_MOE_METHOD_NAME(name, value) \
+  if (m == RoutingMethod::k##name) return #name;
+  JAX_MOE_ROUTING_METHODS(JAX_MOE_METHOD_NAME)
+#undef JAX_MOE_METHOD_NAME
   return "?";
 }
 
