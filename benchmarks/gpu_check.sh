@@ -22,7 +22,11 @@
 #             and per knob setting in TIMER_VARIANTS (L2 prefetch, dependent launch)
 #   counters  ncu counters (DRAM, issue, occupancy, stall reasons) of the pipeline's kernels, run
 #             on stage_timer (COUNTER_ARGS: its options; COUNTER_KERNELS: a kernel-name regex)
+#   stalls    ncu PC sampling per SASS instruction of stage_timer's kernels (STALL_ARGS, STALL_KERNELS,
+#             STALL_SKIP, STALL_COUNT) -> stalls.txt (benchmarks/ncu_source.py)
 #   multigpu  pytest -m multigpu + benchmarks/ep.py -> benchmarks/results/ep.{json,md} (>= 2 GPUs)
+# Carried prebuilt/{stage_timer,routing_check,sanitizer_harness} (benchmarks/build_drivers.sh, built
+# on the CPU machine) replace the timer, routing and sanitize builds.
 set -u
 STEPS=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do STEPS+=("$1"); shift; done
@@ -79,6 +83,17 @@ if has profile; then
   rm -f "$OUT/ncu.csv"  # large; the summary keeps what matters
 fi
 
+# Drivers built on the CPU machine (benchmarks/build_drivers.sh) and carried as prebuilt/:
+# used instead of compiling here; each names the commit it was built from.
+use_prebuilt() {  # use_prebuilt <name>: copies prebuilt/<name> to /tmp/<name> when it was carried
+  [ -x "prebuilt/$1" ] || return 1
+  cp "prebuilt/$1" "/tmp/$1"
+  local from; from=$(tr '\n' ' ' < "prebuilt/$1.commit" 2>/dev/null)
+  echo "$1: prebuilt from ${from:-an unknown commit}"
+  [ -n "${JAX_MOE_COMMIT:-}" ] && [[ "$from" != "$JAX_MOE_COMMIT"* ]] && echo "warning: prebuilt/$1 is not from JAX_MOE_COMMIT=$JAX_MOE_COMMIT" >&2
+  return 0
+}
+{ has timer || has counters || has timerbuild; } && use_prebuilt stage_timer
 # The timer binary is built once per machine ('timerbuild' alone builds it, e.g. next to 'build').
 if { has timer || has counters || has timerbuild; } && [ ! -x /tmp/stage_timer ]; then
   START=$(date +%s)
@@ -126,6 +141,22 @@ if has counters; then
   cat "$OUT/counters.txt"
 fi
 
+if has stalls; then
+  # PC sampling per SASS instruction of the first STALL_COUNT kernels matching STALL_KERNELS,
+  # after STALL_SKIP of them (stage_timer runs two warm-up pipelines per row).
+  ncu --clock-control none --section SourceCounters --section WarpStateStats \
+    --kernel-name "regex:${STALL_KERNELS:-Gemm}" --launch-skip "${STALL_SKIP:-0}" --launch-count "${STALL_COUNT:-2}" \
+    -f -o /tmp/stalls /tmp/stage_timer ${STALL_ARGS:---models qwen3-30b-a3b --tokens 1 --reps 1} > "$OUT/stalls_run.txt" 2>&1
+  echo "ncu rc $?"; tail -3 "$OUT/stalls_run.txt"
+  ncu -i /tmp/stalls.ncu-rep --page source --csv --print-source sass > /tmp/stalls_source.csv 2> /tmp/stalls_page.err
+  echo "source page rc $?"; head -3 /tmp/stalls_page.err
+  ncu -i /tmp/stalls.ncu-rep --page details --csv > /tmp/stalls_details.csv 2>/dev/null
+  python3 benchmarks/ncu_source.py /tmp/stalls_source.csv --top "${STALL_TOP:-30}" > "$OUT/stalls.txt" 2>&1
+  grep -E "Warp Cycles|Stall|Duration|Issued" /tmp/stalls_details.csv | head -40 >> "$OUT/stalls.txt"
+  cat "$OUT/stalls.txt"
+  gzip -c /tmp/stalls_source.csv > "$OUT/stalls_source.csv.gz"
+fi
+
 if has probe; then
   nvcc -std=c++17 -arch=sm_90a -Iffi_src tests/cuda/wgmma_probe.cu -o "$OUT/wgmma_probe" > "$OUT/probe_build.log" 2>&1 \
     || { tail -20 "$OUT/probe_build.log"; exit 1; }
@@ -140,7 +171,10 @@ if has gpu; then
   grep -E "^(FAILED|ERROR)" "$OUT/pytest_gpu.log" | head -40
 fi
 
-if has routing; then
+if has routing && use_prebuilt routing_check; then
+  /tmp/routing_check ${ROUTING_ARGS:-} > "$OUT/routing.txt" 2>&1
+  echo "routing check rc $?"; cat "$OUT/routing.txt"
+elif has routing; then
   NV=(nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -isystem "$JAXLIB_INC" -Iffi_src)
   EXTRA=()
   if [ -n "${ROUTING_BASELINE:-}" ]; then  # a routing.cu from another commit, under another name
@@ -158,11 +192,13 @@ fi
 
 if has sanitize; then
   START=$(date +%s)
-  nvcc -std=c++17 -arch=sm_90a -O2 -lineinfo --expt-relaxed-constexpr -isystem "$JAXLIB_INC" -Iffi_src \
-    tests/cuda/sanitizer_harness.cu ffi_src/cuda/{routing,permute,gemm1,gemm2,finalize}.cu \
-    ffi_src/common/{problem,tactics}.cc -o "$OUT/sanitizer_harness" > "$OUT/harness_build.log" 2>&1 \
-    || { tail -20 "$OUT/harness_build.log"; exit 1; }
-  echo "harness build: $(( $(date +%s) - START )) s"
+  if use_prebuilt sanitizer_harness; then mv /tmp/sanitizer_harness "$OUT/sanitizer_harness"; else
+    nvcc -std=c++17 -arch=sm_90a -O2 -lineinfo --expt-relaxed-constexpr -isystem "$JAXLIB_INC" -Iffi_src \
+      tests/cuda/sanitizer_harness.cu ffi_src/cuda/{routing,permute,gemm1,gemm2,finalize}.cu \
+      ffi_src/common/{problem,tactics}.cc -o "$OUT/sanitizer_harness" > "$OUT/harness_build.log" 2>&1 \
+      || { tail -20 "$OUT/harness_build.log"; exit 1; }
+    echo "harness build: $(( $(date +%s) - START )) s"
+  fi
   # Both routing paths: separate routing and permute kernels, and fused (T <= 8).
   for fused in 0 1; do
     for tool in memcheck racecheck; do
