@@ -15,7 +15,7 @@ for part in "$@"; do
     check) OUT=$ROOT/check bash $B routing sanitize ;;
     timer)
       for w in nvfp4 mxfp4; do
-        OUT=$ROOT/timer_$w TIMER_PATTERN=0 TIMER_CAPS=8 TIMER_VARIANTS="default JAX_MOE_FUSED_ROUTING=1" \
+        OUT=$ROOT/timer_$w TIMER_PATTERN=0 TIMER_CAPS=8 TIMER_VARIANTS="${TIMER_VARIANTS:-default JAX_MOE_FUSED_ROUTING=0}" \
           TIMER_ARGS="--tokens 1,8,64 --reps 20 --weights $w" bash $B timer > /dev/null
         echo "timer $w: $(grep -c . "$ROOT/timer_$w/timer.txt") lines"
       done ;;

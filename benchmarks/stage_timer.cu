@@ -176,7 +176,7 @@ int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf
   const bool fused = cuda::RoutingFusesPermute(p);
   auto stage = [&](int i) -> ffi::Error {
     switch (i) {
-      // JAX_MOE_FUSED_ROUTING=1 at T <= 8: one kernel, timed as "routing" (permute ~0).
+      // Fused routing (the default at T <= 8; JAX_MOE_FUSED_ROUTING=0 turns it off): one kernel, timed as "routing" (permute ~0).
       case 0: return fused ? cuda::LaunchRoutingAndPermute(p, b, ws, s) : cuda::LaunchRouting(p, b, s);
       case 1: return fused ? ffi::Error::Success() : cuda::LaunchPermute(p, b.topk_ids, ws, s);
       case 2: return cuda::LaunchGemm1(p, b, ws, p.tactic, s);
@@ -380,9 +380,10 @@ int main(int argc, char** argv) {
   // The knobs the handlers read per call: split cap, L2 prefetch distance,
   // dependent launch, activation prefetch, fused routing (timer_report keys the rows on them).
   std::printf("stage_timer: median of %d, L2 flushed before each, JAX_MOE_MAX_K_SPLITS=%s "
-              "JAX_MOE_L2_PREFETCH=%s JAX_MOE_DEPENDENT_LAUNCH=%s JAX_MOE_ACT_PREFETCH=%s JAX_MOE_FUSED_ROUTING=%s\n",
+              "JAX_MOE_L2_PREFETCH=%s JAX_MOE_DEPENDENT_LAUNCH=%s JAX_MOE_ACT_PREFETCH=%s JAX_MOE_FUSED_ROUTING=%s "
+              "JAX_MOE_MIN_KB_PER_SPLIT=%s\n",
               reps, env("JAX_MOE_MAX_K_SPLITS"), env("JAX_MOE_L2_PREFETCH"), env("JAX_MOE_DEPENDENT_LAUNCH"),
-              env("JAX_MOE_ACT_PREFETCH"), env("JAX_MOE_FUSED_ROUTING"));
+              env("JAX_MOE_ACT_PREFETCH"), env("JAX_MOE_FUSED_ROUTING"), env("JAX_MOE_MIN_KB_PER_SPLIT"));
   if (pattern) return ProbePatterns(reps, flush, flush_bytes);
   int failures = 0;
   for (const std::string& w : Split(weights))

@@ -287,7 +287,7 @@ def test_launch_and_prefetch_knobs_change_no_bit(index, T, H, I, monkeypatch):
 @pytest.mark.parametrize("T", [1, 5, 8])
 @pytest.mark.parametrize("method", list(RoutingMethod), ids=[m.name for m in RoutingMethod])
 def test_fused_routing_changes_no_bit(method, T, monkeypatch):
-    """JAX_MOE_FUSED_ROUTING=1 runs routing and permute as one kernel at T <= 8
+    """Routing and permute run as one kernel at T <= 8 (JAX_MOE_FUSED_ROUTING=0: two)
     (cuda/permute.cu): the same ids, weights and per-(token, k) rows bit for
     bit as the two kernels, every routing method, and both match the reference."""
     case = make_case(T=T, H=256, I=128, E=64, top_k=6, routing=method)

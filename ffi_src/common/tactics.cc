@@ -1,6 +1,7 @@
 #include "common/tactics.h"
 
 #include <cmath>
+#include <cstdlib>
 #include "common/str_cat.h"
 
 namespace jax_moe {
@@ -64,7 +65,7 @@ int64_t FirstCudaTactic() {
 
 // Bumped whenever a kernel changes how fast a row runs without changing the
 // row (e.g. split-K launches): tuned caches from before are then ignored.
-constexpr const char* kKernelRevision = "2026-12-02 register routing, act prefetch off in ring gemm1";
+constexpr const char* kKernelRevision = "2026-12-02 fused routing + permute by default at T <= 8";
 
 uint64_t TacticTableHash() {
   uint64_t h = 1469598103934665603ull;
@@ -104,12 +105,24 @@ std::string TacticInvalidReason(const MoeProblem& p, Platform platform, int64_t 
 // 2-6 K blocks (Qwen3 GEMM1 37.8 -> 47.3 us with 4, GEMM2 13.6 -> 18.8 us
 // with 3; gpt-oss-120b GEMM1 49.9 -> 65.5 us with 5). These bounds pick
 // every winning split and none of the losing ones (tests/test_enums_and_tactics.py).
-constexpr int64_t kMinKBlocksPerSplit = 24;
+// JAX_MOE_MIN_KB_PER_SPLIT=n (an experiment knob, 1-64) replaces the 24; read
+// once per process, since the workspace (SplitKLimit) and the launch
+// (KSplits) must agree on it.
+constexpr int64_t kMinKBlocksPerSplitDefault = 24;
 constexpr int64_t kMaxBlocksPerSm = 5;
+
+int64_t MinKBlocksPerSplit() {
+  static const int64_t value = [] {
+    const char* v = std::getenv("JAX_MOE_MIN_KB_PER_SPLIT");
+    const long n = v != nullptr ? std::strtol(v, nullptr, 10) : 0;
+    return n >= 1 && n <= 64 ? static_cast<int64_t>(n) : kMinKBlocksPerSplitDefault;
+  }();
+  return value;
+}
 
 int64_t KSplits(int64_t blocks, int64_t sms, int64_t limit, int64_t num_kb) {
   int64_t s = 1;
-  while (s < limit && num_kb / (s + 1) >= kMinKBlocksPerSplit && blocks * (s + 1) <= kMaxBlocksPerSm * sms) ++s;
+  while (s < limit && num_kb / (s + 1) >= MinKBlocksPerSplit() && blocks * (s + 1) <= kMaxBlocksPerSm * sms) ++s;
   return s;
 }
 
@@ -120,10 +133,10 @@ constexpr int64_t kSplitKBudgetBytes = int64_t{64} << 20;  // fp32 partials of a
 
 int64_t SplitKLimit(const MoeProblem& p, const Tactic& t) {
   if (t.family != KernelFamily::kCudaMmaSwapAB) return 1;
-  // KSplits never gives a GEMM more splits than its K holds (>= kMinKBlocksPerSplit
+  // KSplits never gives a GEMM more splits than its K holds (>= MinKBlocksPerSplit()
   // each): no workspace or ticket zeroing for splits that cannot happen.
   const int64_t longest_k = p.hidden_size > p.intermediate_size ? p.hidden_size : p.intermediate_size;
-  const int64_t by_k = (longest_k + 127) / 128 / kMinKBlocksPerSplit;
+  const int64_t by_k = (longest_k + 127) / 128 / MinKBlocksPerSplit();
   const int64_t per_split = static_cast<int64_t>(sizeof(float)) * MaxTiles(p, t.tile_tokens) * t.tile_tokens *
                             SplitKPartialColumns(p);
   const int64_t by_budget = per_split > 0 ? kSplitKBudgetBytes / per_split : 1;

@@ -24,10 +24,11 @@ ffi::Error LaunchPermute(const MoeProblem& p, const int32_t* topk_ids, const Wor
                          cudaStream_t stream);
 
 // permute.cu: stages 1 and 2; one fused kernel when RoutingFusesPermute(p)
-// (T <= 8, not routed, JAX_MOE_FUSED_ROUTING=1), else LaunchRouting then
-// LaunchPermute. The fusion is off by default until a device run has timed
-// it (benchmarks/NOTES.md v8); read per call, host-side.
-inline bool FusedRoutingEnabled() { return EnvFlag("JAX_MOE_FUSED_ROUTING", false); }
+// (T <= 8, not routed, unless JAX_MOE_FUSED_ROUTING=0), else LaunchRouting
+// then LaunchPermute. On by default since the H200 timed it (NOTES v9: the
+// pipeline 1.3-3.3 us faster at T = 1, bit-identical outputs); read per
+// call, host-side.
+inline bool FusedRoutingEnabled() { return EnvFlag("JAX_MOE_FUSED_ROUTING", true); }
 bool RoutingFusesPermute(const MoeProblem& p);
 ffi::Error LaunchRoutingAndPermute(const MoeProblem& p, const MoeBuffers& b, const Workspace& ws,
                                    cudaStream_t stream);

@@ -129,7 +129,7 @@ int RunOne(const Run& r) {
   CHECK_CUDA(cudaStreamCreate(&s));
   const char* stage = "";
   ffi::Error err = ffi::Error::Success();
-  // Fused into one kernel at T <= 8 when JAX_MOE_FUSED_ROUTING=1 (gpu_check runs both).
+  // Fused into one kernel at T <= 8 unless JAX_MOE_FUSED_ROUTING=0 (gpu_check runs both).
   if (!(err = (stage = "routing + permute", cuda::LaunchRoutingAndPermute(p, b, ws, s))).failure() &&
       !(err = (stage = "gemm1", cuda::LaunchGemm1(p, b, ws, r.tactic, s))).failure() &&
       !(err = (stage = "gemm2", cuda::LaunchGemm2(p, b, ws, r.tactic, s))).failure())
