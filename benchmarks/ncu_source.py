@@ -43,6 +43,27 @@ def _num(s: str) -> float:
         return 0.0
 
 
+def _regions(rows: list, key: str) -> None:
+    """Samples and stall reasons per region, the regions told apart by how often an
+    instruction ran relative to the kernel's MMAs: the K loop (>= 0.9x the MMA count),
+    once per chunk (0.2-0.9x: activation staging) and once per block (prologue, epilogue)."""
+    ex = "Instructions Executed"
+    mma = [_num(r[ex]) for r in rows if ex in r and "MMA" in r.get("Source", "")]
+    if not mma or max(mma) == 0:
+        return
+    top = max(mma)
+    reasons = [c for c in rows[0] if c.startswith("stall_") and "(" not in c]
+    total = sum(_num(r[key]) for r in rows) or 1.0
+    regions = (("K loop", 0.9 * top, float("inf")), ("per chunk", 0.2 * top, 0.9 * top), ("per block", 1e-9, 0.2 * top))
+    for name, lo, hi in regions:
+        part = [r for r in rows if lo <= _num(r[ex]) < hi]
+        samples = sum(_num(r[key]) for r in part)
+        by_reason = Counter({c[6:]: sum(_num(r[c]) for r in part) for c in reasons})
+        n = sum(by_reason.values()) or 1.0
+        print(f"   {name:9s} {100 * samples / total:5.1f}% of samples, {len(part):5d} instructions; stalls: "
+              + ", ".join(f"{c} {100 * v / n:.0f}%" for c, v in by_reason.most_common(5)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("csv")
@@ -64,6 +85,7 @@ def main() -> None:
             cum += share
             extra = " ".join(f"{_num(r[c]):.0f}" for c in cols if c != key)
             print(f"   {100 * share:5.1f}% (cum {100 * cum:5.1f}%) {r[addr]:>8s} {extra:>8s}  {r[src].strip()[:90]}")
+        _regions(rows, key)
         by_op = Counter()
         for r in rows:
             op = r[src].strip().split()
