@@ -3,7 +3,7 @@
 # nothing is compiled there. Everything lands in $OUT/session.tgz (the device returns <= 8 files).
 #   JAX_MOE_COMMIT=<sha> bash benchmarks/device_session.sh <part>...
 # parts: check (routing check + sanitizer), timer (stage timer, fused routing off/on, both weight
-# formats), stalls (ncu PC sampling of the T = 1 GEMMs), smoke (the fused-routing GPU tests: the
+# formats; TIMER_TOKENS, TIMER_EXTRA: more stage_timer options, e.g. "--tactics default,name"), stalls (ncu PC sampling of the T = 1 GEMMs), smoke (the fused-routing GPU tests: the
 # carried extension loads and runs), gpu (the whole GPU suite), table (the results table's T = 1 / 8
 # rows, TABLE_TOKENS), ext (import check only).
 set -u
@@ -16,7 +16,7 @@ for part in "$@"; do
     timer)
       for w in nvfp4 mxfp4; do
         OUT=$ROOT/timer_$w TIMER_PATTERN=0 TIMER_CAPS=8 TIMER_VARIANTS="${TIMER_VARIANTS:-default JAX_MOE_FUSED_ROUTING=0}" \
-          TIMER_ARGS="--tokens 1,8,64 --reps 20 --weights $w" bash $B timer > /dev/null
+          TIMER_ARGS="--tokens ${TIMER_TOKENS:-1,8,64} --reps 20 --weights $w ${TIMER_EXTRA:-}" bash $B timer > /dev/null
         echo "timer $w: $(grep -c . "$ROOT/timer_$w/timer.txt") lines"
       done ;;
     stalls)

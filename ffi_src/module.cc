@@ -119,6 +119,7 @@ nb::list TacticRows() {
     row["tokens_per_warp"] = t.tokens_per_warp;
     row["k_chunk"] = t.k_chunk;
     row["weight_stages"] = t.weight_stages;
+    row["warps_k"] = t.warps_k;
     row["experimental"] = IsExperimental(t.family);
     rows.append(row);
   }

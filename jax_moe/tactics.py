@@ -31,6 +31,8 @@ class Tactic:
       k_chunk: CUDA only: K elements staged in shared memory at a time; 0 on the CPU.
       weight_stages: CUDA staged family only: depth (K blocks of 128) of the
         cp.async weight ring; 0 where weights go straight to registers.
+      warps_k: CUDA staged family only: warps along K inside one block (their
+        partial sums are added in shared memory); 1 elsewhere.
       experimental: the family has not passed the GPU suite yet; only an
         explicit ``tactic=`` runs it (never the default or the tuner).
     """
@@ -44,6 +46,7 @@ class Tactic:
     tokens_per_warp: int = 0
     k_chunk: int = 0
     weight_stages: int = 0
+    warps_k: int = 1
     experimental: bool = False
 
 

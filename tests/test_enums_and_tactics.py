@@ -73,7 +73,7 @@ def test_weight_ring_rows_replace_their_twins_at_decode_loads(T, ring):
     default = table[jax_moe.default_tactic(problem, "cuda")]
     assert (default.weight_stages > 0) == ring, default
     staged = tactics.kernel_families()["cuda_mma_swap_ab"]
-    shape = lambda t: (t.tile_tokens, t.tile_n, t.tokens_per_warp, t.k_chunk)
+    shape = lambda t: (t.tile_tokens, t.tile_n, t.tokens_per_warp, t.k_chunk, t.warps_k)
     ring_shapes = {shape(t) for t in table if t.weight_stages > 0}
     kept = [table[i] for i in tactics.tuning_candidates(problem, "cuda")]
     for t in kept:
@@ -142,3 +142,34 @@ def test_split_k_rule_respects_its_limit_and_small_k():
     assert k_splits(1, 132, 8, 1000) == 8       # the limit caps it
     assert k_splits(1, 132, 8, 47) == 1         # two splits would hold < 24 K blocks each
     assert all(k_splits(b, 132, 8, kb) >= 1 for b in (1, 100, 10_000) for kb in (1, 24, 500))
+
+
+def test_warps_along_k_rows_are_decode_candidates_only():
+    """The staged rows with warps along K are tuning candidates while the
+    average expert load is at most one token, never above (nor the default
+    there)."""
+    table = tactics.tactic_table()
+    warps_k = {t.name for t in table if t.warps_k > 1}
+    assert warps_k
+    for T, expect in [(1, True), (32, True), (33, False), (4096, False)]:
+        problem = jax_moe.MoEProblem(T, 2880, 2880, 128, 128, 4)
+        names = {table[i].name for i in tactics.tuning_candidates(problem, "cuda")}
+        assert bool(names & warps_k) == expect, (T, names)
+        if not expect:
+            assert table[jax_moe.default_tactic(problem, "cuda")].warps_k == 1
+
+
+@pytest.mark.parametrize("name,T,warps_k", [("qwen3-30b-a3b", 1, 2), ("gpt-oss-120b", 1, 2), ("deepseek-v3", 1, 2),
+                                            ("qwen3-30b-a3b", 8, 2), ("deepseek-v3", 8, 2),
+                                            ("mixtral-8x7b", 1, 1), ("gpt-oss-120b", 64, 1)])
+def test_decode_default_has_warps_along_k_unless_k_splits_four_ways(name, T, warps_k):
+    """At decode loads the default is the staged row with two warps along K
+    (benchmarks/NOTES.md v10), except where the ring row would split a GEMM's
+    K 4 ways across blocks (Mixtral-8x7B's GEMM2 at T = 1), which it cannot."""
+    from jax_moe.models import MODELS
+    m = MODELS[name]
+    problem = jax_moe.MoEProblem(T, m.hidden_size, m.intermediate_size, m.num_experts, m.num_experts, m.top_k)
+    t = tactics.tactic_table()[jax_moe.default_tactic(problem, "cuda")]
+    assert t.warps_k == warps_k, t
+    if warps_k > 1:
+        assert (t.tile_tokens, t.weight_stages) == (8, 3), t

@@ -144,7 +144,10 @@ def test_weight_ring_tactics(tactic, H, I, wfmt, afmt):
     _check(case, tactic=tactic)
 
 
-_STAGED_TACTICS = _family_tactics("cuda_mma_swap_ab")
+# The staged rows that split K across blocks (rows with warps along K reduce
+# inside the block instead and never split: test_warps_along_k_tactics).
+_STAGED_TACTICS = [t for t in _family_tactics("cuda_mma_swap_ab") if t.warps_k == 1]
+_WARPS_K_TACTICS = [t for t in _family_tactics("cuda_mma_swap_ab") if t.warps_k > 1]
 _FORMAT_PAIRS = list(itertools.product((Format.NVFP4, Format.MXFP4), (Format.BF16, Format.MXFP8, Format.NVFP4)))
 
 
@@ -168,6 +171,44 @@ def test_split_k_at_decode_sizes(index, T):
     launches, _ = _split_k_stats()
     _check(case, tactic=_STAGED_TACTICS[index].id)
     assert _split_k_stats()[0] > launches, "no GEMM launch split K"
+
+
+# (T, H, I): K blocks per GEMM not a multiple of the groups (H = 1056: 9 K
+# blocks, the last 32 wide; I = 352: 3), so groups run unequal counts and
+# some none in the last chunk; one token (one live row in an 8-row tile);
+# the Qwen3 shape at decode; several tiles per expert.
+_WARPS_K_SHAPES = [(1, 1056, 352), (3, 2048, 768), (37, 1056, 352), (2, 7168, 2048)]
+
+
+def test_warps_along_k_rows_exist():
+    assert {t.warps_k for t in _WARPS_K_TACTICS} >= {2, 4}
+    assert any(t.weight_stages == 0 for t in _WARPS_K_TACTICS) and any(t.weight_stages > 0 for t in _WARPS_K_TACTICS)
+
+
+@pytest.mark.parametrize("T,H,I", _WARPS_K_SHAPES, ids=[f"T{t}_H{h}" for t, h, _ in _WARPS_K_SHAPES])
+@pytest.mark.parametrize("index", range(len(_WARPS_K_TACTICS)), ids=[t.name for t in _WARPS_K_TACTICS])
+def test_warps_along_k_tactics(index, T, H, I):
+    """The staged rows with warps along K (partial sums added in shared memory):
+    formats cycled over rows and shapes, biases and the gpt-oss activation;
+    they never split K across blocks (K = 7168 at T = 2 would)."""
+    wfmt, afmt = _FORMAT_PAIRS[(index + T) % len(_FORMAT_PAIRS)]
+    case = make_case(T=T, H=H, I=I, E=8, top_k=2, weight_format=wfmt, act_format=afmt,
+                     activation=Activation.SWIGLU_OAI, biases=True)
+    launches, _ = _split_k_stats()
+    _check(case, tactic=_WARPS_K_TACTICS[index].id)
+    assert _split_k_stats()[0] == launches, "a warps-along-K row split K across blocks"
+
+
+def test_warps_along_k_is_bitwise_deterministic():
+    """The groups' sums are added in group order: repeated runs agree bitwise."""
+    case = make_case(T=2, H=4096, I=512, E=4, top_k=2)
+    tactic = _WARPS_K_TACTICS[0].id
+    f = jax.jit(lambda *a: jax_moe.fp4_moe(*a, **case.kwargs, tactic=tactic))
+    args = (case.hidden, case.logits, case.w13, case.w2)
+    first = np.asarray(f(*args), np.float32)
+    for _ in range(5):
+        np.testing.assert_array_equal(np.asarray(f(*args), np.float32), first)
+    assert_close(first, run_op_and_reference(case)[1], rel=REL_TOL)
 
 
 def test_split_k_is_bitwise_deterministic():

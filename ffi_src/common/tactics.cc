@@ -11,8 +11,8 @@ const std::vector<Tactic>& TacticTable() {
       {"cpu_t4_n32", Platform::kCpu, KernelFamily::kCpuBlocked, 4, 32, 0, 0, 0},
       {"cpu_t16_n64", Platform::kCpu, KernelFamily::kCpuBlocked, 16, 64, 0, 0, 0},
       {"cpu_t64_n64", Platform::kCpu, KernelFamily::kCpuBlocked, 64, 64, 0, 0, 0},
-#define JAX_MOE_CUDA_ROW(name, tt, tw, wn, kc, ws) \
-  {#name, Platform::kCuda, KernelFamily::kCudaMmaSwapAB, tt, 32 * wn, tw, kc, ws},
+#define JAX_MOE_CUDA_ROW(name, tt, tw, wn, kc, ws, wk) \
+  {#name, Platform::kCuda, KernelFamily::kCudaMmaSwapAB, tt, 32 * wn, tw, kc, ws, wk},
       JAX_MOE_CUDA_TACTICS(JAX_MOE_CUDA_ROW)
 #undef JAX_MOE_CUDA_ROW
 #define JAX_MOE_CUDA_STREAM_ROW(name, tt, tw) \
@@ -65,7 +65,7 @@ int64_t FirstCudaTactic() {
 
 // Bumped whenever a kernel changes how fast a row runs without changing the
 // row (e.g. split-K launches): tuned caches from before are then ignored.
-constexpr const char* kKernelRevision = "2026-12-02 fused routing + permute by default at T <= 8";
+constexpr const char* kKernelRevision = "2026-12-02 warps along K: the decode default";
 
 uint64_t TacticTableHash() {
   uint64_t h = 1469598103934665603ull;
@@ -76,7 +76,7 @@ uint64_t TacticTableHash() {
   mix(kKernelRevision);
   for (const Tactic& t : TacticTable()) {
     mix(StrCat(t.name, '|', static_cast<int64_t>(t.platform), '|', static_cast<int64_t>(t.family),
-               '|', t.tile_tokens, '|', t.tile_n, '|', t.tokens_per_warp, '|', t.k_chunk, '|', t.weight_stages));
+               '|', t.tile_tokens, '|', t.tile_n, '|', t.tokens_per_warp, '|', t.k_chunk, '|', t.weight_stages, '|', t.warps_k));
   }
   return h;
 }
@@ -132,7 +132,9 @@ constexpr int64_t kSplitKBudgetBytes = int64_t{64} << 20;  // fp32 partials of a
 }  // namespace
 
 int64_t SplitKLimit(const MoeProblem& p, const Tactic& t) {
-  if (t.family != KernelFamily::kCudaMmaSwapAB) return 1;
+  // Rows with warps along K spread K inside the block and never split it
+  // across blocks (cuda/gemm_mma.cuh says why).
+  if (t.family != KernelFamily::kCudaMmaSwapAB || t.warps_k > 1) return 1;
   // KSplits never gives a GEMM more splits than its K holds (>= MinKBlocksPerSplit()
   // each): no workspace or ticket zeroing for splits that cannot happen.
   const int64_t longest_k = p.hidden_size > p.intermediate_size ? p.hidden_size : p.intermediate_size;
@@ -200,11 +202,48 @@ bool ReplacedByTwin(const MoeProblem& p, const Tactic& t) {
   if (t.family != KernelFamily::kCudaMmaSwapAB || (t.weight_stages > 0) == RingPreferred(p)) return false;
   for (const Tactic& o : TacticTable())
     if (o.family == t.family && o.tile_tokens == t.tile_tokens && o.tile_n == t.tile_n &&
-        o.tokens_per_warp == t.tokens_per_warp && o.k_chunk == t.k_chunk && (o.weight_stages > 0) != (t.weight_stages > 0))
+        o.tokens_per_warp == t.tokens_per_warp && o.k_chunk == t.k_chunk && o.warps_k == t.warps_k &&
+        (o.weight_stages > 0) != (t.weight_stages > 0))
       return true;
   return false;
 }
 
+// Rows with warps along K exist for decode, where a GEMM has too few blocks
+// to fill the device (NOTES v10): above one token per expert on average they
+// are neither the default nor a tuning candidate (no tuning time for them).
+bool OutsideItsLoads(const MoeProblem& p, const Tactic& t) { return t.warps_k > 1 && !RingPreferred(p); }
+// The decode default (average expert load <= 1 token): the staged row `best`
+// becomes its twin with two warps along K and a 3-deep ring (same tile),
+// unless `best` would split a GEMM's K 4 or more ways across blocks, which
+// the warps-along-K rows cannot. Measured on an H200 (stage timer,
+// benchmarks/NOTES.md v10, NVFP4, T = 1 pipeline): Qwen3-30B-A3B 54.8 ->
+// 45.1 us, gpt-oss-120b 79.7 -> 66.4, DeepSeek-V3 147.5 -> 126.4 (whose
+// GEMM1 the ring row splits 2 ways), while Mixtral-8x7B (GEMM2: 64 blocks,
+// 112 K blocks, split 4 ways) went 150.7 -> 185.2; at T = 8 Qwen3 133.2 ->
+// 112.7, gpt-oss and DeepSeek-V3 within 2%. The SM count is not known here:
+// the splits are estimated for 132 SMs (H100 / H200).
+constexpr int64_t kNominalSms = 132;
+constexpr int64_t kSplitsWarpsKCannotReplace = 4;
+int64_t PreferWarpsK(const MoeProblem& p, int64_t best) {
+  const auto& table = TacticTable();
+  const Tactic& b = table[best];
+  if (b.family != KernelFamily::kCudaMmaSwapAB || b.warps_k > 1 || !RingPreferred(p)) return best;
+  const int64_t active = p.expanded() < p.num_local_experts ? p.expanded() : p.num_local_experts;
+  const int64_t limit = SplitKLimit(p, b);
+  // GEMM1: I features (gate and up of each in one block) over K = H; GEMM2: H over K = I.
+  const int64_t gemms[2][2] = {{p.intermediate_size, p.hidden_size}, {p.hidden_size, p.intermediate_size}};
+  for (const auto& g : gemms) {
+    const int64_t blocks = active * ((g[0] + b.tile_n - 1) / b.tile_n);
+    if (KSplits(blocks, kNominalSms, limit, (g[1] + 127) / 128) >= kSplitsWarpsKCannotReplace) return best;
+  }
+  for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i) {
+    const Tactic& t = table[i];
+    if (t.family == b.family && t.tile_tokens == b.tile_tokens && t.tile_n == b.tile_n &&
+        t.tokens_per_warp == b.tokens_per_warp && t.k_chunk == b.k_chunk && t.warps_k == 2 && t.weight_stages == 3)
+      return i;
+  }
+  return best;
+}
 // Distance in octaves between a tactic's tile and a target tile.
 double TileGap(const Tactic& t, double target) {
   return std::fabs(std::log2(static_cast<double>(t.tile_tokens)) - std::log2(target));
@@ -230,13 +269,17 @@ int64_t DefaultTactic(const MoeProblem& p, Platform platform) {
   const auto& table = TacticTable();
   for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i) {
     if (!TacticInvalidReason(p, platform, i).empty()) continue;
-    if (platform == Platform::kCuda && (table[i].family != cuda_family || ReplacedByTwin(p, table[i]))) continue;
+    // (Rows with warps along K are the default only through PreferWarpsK.)
+    if (platform == Platform::kCuda &&
+        (table[i].family != cuda_family || ReplacedByTwin(p, table[i]) || table[i].warps_k > 1))
+      continue;
     const double gap = TileGap(table[i], target);
     if (best < 0 || gap < best_gap) {
       best = i;
       best_gap = gap;
     }
   }
+  if (platform == Platform::kCuda && !prefill && best >= 0) best = PreferWarpsK(p, best);
   return best;
 }
 
@@ -269,7 +312,7 @@ std::vector<int64_t> TuningCandidates(const MoeProblem& p, Platform platform, bo
   for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i) {
     if (i == def || !TacticInvalidReason(p, platform, i).empty()) continue;
     if (IsExperimental(table[i].family)) continue;
-    if (prune && ReplacedByTwin(p, table[i])) continue;
+    if (prune && (ReplacedByTwin(p, table[i]) || OutsideItsLoads(p, table[i]))) continue;
     if (prune) {
       if (TileGap(table[i], IsWgmmaFamily(table[i].family) ? wgmma_target : target) > 1.0) continue;
       if (table[i].family == KernelFamily::kCudaStreamSplitK && above_one_token) continue;

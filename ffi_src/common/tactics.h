@@ -36,28 +36,35 @@ enum class KernelFamily : int64_t {
 // The CUDA rows, once: the table (tactics.cc) and the kernel instantiations
 // (cuda/gemm1.cu, cuda/gemm2.cu) both expand this list, so a tactic id always
 // names the kernel that was compiled for it.
-//   X(name, tile_tokens, tokens_per_warp, warps_n, k_chunk, weight_stages)
+//   X(name, tile_tokens, tokens_per_warp, warps_n, k_chunk, weight_stages, warps_k)
 // tile_tokens: token rows per block (= per-expert padding); tokens_per_warp:
 // the N extent of one warp's MMAs; warps_n: warps along the output features
 // (32 features each, so tile_n = 32 * warps_n); k_chunk: K elements staged in
 // shared memory at a time; weight_stages: depth of the cp.async weight ring
 // in K blocks of 128 (0: weights loaded straight into registers, one K block
-// in flight; cuda/gemm_mma.cuh). A ring row and its ring-less twin (same
-// other columns) are never both in the default's choice or among the tuning
-// candidates: RingPreferred (tactics.cc) keeps one of the two per problem.
+// in flight; cuda/gemm_mma.cuh); warps_k: warps along K inside one block
+// (each takes every warps_k-th K block of a chunk; their partial sums meet in
+// shared memory before the epilogue), so a decode GEMM with few blocks runs
+// more warps per SM without paying more blocks' prologues. A ring row and its
+// ring-less twin (same other columns) are never both in the default's choice
+// or among the tuning candidates: RingPreferred (tactics.cc) keeps one of the
+// two per problem.
 // clang-format off
 #define JAX_MOE_CUDA_TACTICS(X)                      \
-  X(cuda_mma_t8_n128,    8,  8, 4, 512, 0)           \
-  X(cuda_mma_t8_n64,     8,  8, 2, 512, 0)           \
-  X(cuda_mma_t16_n128,  16, 16, 4, 512, 0)           \
-  X(cuda_mma_t16_n256,  16, 16, 8, 512, 0)           \
-  X(cuda_mma_t32_n128,  32, 32, 4, 512, 0)           \
-  X(cuda_mma_t64_n128,  64, 32, 4, 256, 0)           \
-  X(cuda_mma_t128_n64, 128, 32, 2, 128, 0)           \
-  X(cuda_mma_t8_n128_r4,   8,  8, 4, 512, 4)         \
-  X(cuda_mma_t8_n64_r6,    8,  8, 2, 512, 6)         \
-  X(cuda_mma_t16_n128_r4, 16, 16, 4, 512, 4)         \
-  X(cuda_mma_t32_n128_r3, 32, 32, 4, 512, 3)
+  X(cuda_mma_t8_n128,    8,  8, 4, 512, 0, 1)        \
+  X(cuda_mma_t8_n64,     8,  8, 2, 512, 0, 1)        \
+  X(cuda_mma_t16_n128,  16, 16, 4, 512, 0, 1)        \
+  X(cuda_mma_t16_n256,  16, 16, 8, 512, 0, 1)        \
+  X(cuda_mma_t32_n128,  32, 32, 4, 512, 0, 1)        \
+  X(cuda_mma_t64_n128,  64, 32, 4, 256, 0, 1)        \
+  X(cuda_mma_t128_n64, 128, 32, 2, 128, 0, 1)        \
+  X(cuda_mma_t8_n128_r4,   8,  8, 4, 512, 4, 1)      \
+  X(cuda_mma_t8_n64_r6,    8,  8, 2, 512, 6, 1)      \
+  X(cuda_mma_t16_n128_r4, 16, 16, 4, 512, 4, 1)      \
+  X(cuda_mma_t32_n128_r3, 32, 32, 4, 512, 3, 1)      \
+  X(cuda_mma_t8_n128_k4,   8,  8, 4, 512, 0, 4)      \
+  X(cuda_mma_t8_n128_r2_k4, 8, 8, 4, 512, 2, 4)      \
+  X(cuda_mma_t8_n128_r3_k2, 8, 8, 4, 512, 3, 2)
 
 // The streaming split-K rows (cuda/gemm_stream.cuh), after the rows above:
 //   X(name, tile_tokens, tokens_per_warp)
@@ -98,6 +105,7 @@ struct Tactic {
   int64_t tokens_per_warp;  // CUDA: N extent of one warp (0 on the CPU)
   int64_t k_chunk;          // CUDA staged family: K elements per shared-memory stage (0 elsewhere)
   int64_t weight_stages;    // CUDA staged family: cp.async weight ring depth in K blocks (0: none)
+  int64_t warps_k = 1;      // CUDA staged family: warps along K in one block (1 elsewhere)
 };
 
 // Families whose kernels have not yet passed the GPU suite on a device: an

@@ -24,7 +24,7 @@ using GemmLaunchFn = cudaError_t (*)(const GemmArgs&, int64_t, cudaStream_t);
 template <GemmStage ST>
 ffi::Error DispatchGemm(const GemmArgs& args, Format weight_format, int64_t tactic_id,
                         int64_t max_tiles, cudaStream_t stream, const char* what) {
-#define JAX_MOE_GEMM_ENTRY(name, tt, tw, wn, kc, ws) &LaunchMmaSwapAbGemm<tt, tw, wn, kc, ws, WF, ST>,
+#define JAX_MOE_GEMM_ENTRY(name, tt, tw, wn, kc, ws, wk) &LaunchMmaSwapAbGemm<tt, tw, wn, kc, ws, wk, WF, ST>,
 #define JAX_MOE_STREAM_ENTRY(name, tt, tw) &LaunchStreamGemm<tt, tw, WF, ST>,
 #define JAX_MOE_WGMMA_ENTRY(name, tt, kc) &LaunchWgmmaGemm<tt, kc, WF, ST>,
 #define JAX_MOE_WGMMA_WS_ENTRY(name, tt, stages, producers) &LaunchWgmmaWsGemm<tt, stages, producers, WF, ST>,

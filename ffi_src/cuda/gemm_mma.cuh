@@ -34,6 +34,16 @@
 // grid leaves the device under-filled (decode), block z runs only its share
 // of the K blocks and the last split of each block combines the partial
 // sums before the epilogue.
+//
+// Warps along K (KW > 1): KW groups of warps share the block's tile and
+// features; group wk takes K blocks wk, wk + KW, ... of every chunk, with its
+// own ring slots, and the groups' partial sums are added in shared memory
+// (in group order: deterministic) before group 0 runs the epilogue. At T = 1
+// the per-block prologue and the staging are shared by KW times as many warps
+// and each warp's K loop, which one warp's instruction stream bounds
+// (benchmarks/NOTES.md v9), is KW times shorter. Such rows neither prefetch
+// activations nor split K across blocks (SplitKLimit): a build whose KW
+// kernels could also split ran them 10-30% slower even unsplit (NOTES v10).
 #pragma once
 
 #include "cuda/cp_async.cuh"
@@ -48,9 +58,16 @@ namespace gemm_mma_detail {
 
 // Bytes of the weight ring: per stage, m-tile, row half and thread, 16 bytes
 // of codes and one 4-byte scale word.
-template <int TT, int TW, int WN, int WS, GemmStage ST>
+template <int TT, int TW, int WN, int WS, int KW, GemmStage ST>
 constexpr int RingSmemBytes() {
-  return WS * gemm_detail::WarpMTiles<ST>() * 2 * 32 * (TT / TW) * WN * (16 + 4);
+  return WS * gemm_detail::WarpMTiles<ST>() * 2 * 32 * (TT / TW) * WN * KW * (16 + 4);
+}
+
+// Bytes of the warps-along-K reduction: groups 1..KW-1 leave their
+// accumulators there for group 0 (reusing the ring once every warp is done).
+template <int TT, int TW, int WN, int KW, GemmStage ST>
+constexpr int KReduceSmemBytes() {
+  return (KW - 1) * gemm_detail::WarpMTiles<ST>() * (TW / 8) * 4 * 32 * (TT / TW) * WN * 4;
 }
 
 // The activation prefetch (MmaSwapAbGemmKernel): tiles of <= 16 tokens whose
@@ -63,9 +80,9 @@ constexpr int RingSmemBytes() {
 // Measured: GEMM1 10-18% slower with the prefetch (DeepSeek-V3 T = 1 90.6 ->
 // 106.1 us), while GEMM2's ring (2 m-tiles: 4 -> 3 blocks per SM, more L1)
 // gains 6-14% at most shapes.
-template <int TT, int KC, int WS, GemmStage ST>
+template <int TT, int KC, int WS, int KW, GemmStage ST>
 constexpr bool ActPrefetchable() {
-  return TT <= 16 && WS <= KC / gemm_detail::kKBlock && !(ST == GemmStage::kGemm1 && WS > 0);
+  return KW == 1 && TT <= 16 && WS <= KC / gemm_detail::kKBlock && !(ST == GemmStage::kGemm1 && WS > 0);
 }
 template <int TT, int KC>
 constexpr int ActBufferBytes() {
@@ -83,13 +100,15 @@ inline bool RingFits(const GemmArgs& a) {
 
 }  // namespace gemm_mma_detail
 
-template <int TT, int TW, int WN, int KC, int WS, Format WF, GemmStage ST>
-__global__ void __launch_bounds__(32 * (TT / TW) * WN)
+template <int TT, int TW, int WN, int KC, int WS, int KW, Format WF, GemmStage ST>
+__global__ void __launch_bounds__(32 * (TT / TW) * WN * KW)
     MmaSwapAbGemmKernel(const GemmArgs a) {
   using namespace gemm_detail;
   constexpr int kWarpsT = TT / TW, kNT = TW / 8;
   constexpr int kMT = WarpMTiles<ST>();
-  constexpr int kThreads = 32 * kWarpsT * WN;
+  constexpr int kGroupThreads = 32 * kWarpsT * WN;  // one K group: the whole tile x features
+  constexpr int kThreads = kGroupThreads * KW;
+  static_assert(KW >= 1 && (KC / kKBlock) % KW == 0, "each K group takes whole K blocks of every chunk");
   constexpr int kRowVec = KC / 8 + 4;  // 16-byte slots per staged row; +64 B keeps LDS.128 conflict-free
   static_assert(TT % TW == 0 && TW % 8 == 0 && KC % kKBlock == 0, "bad tactic");
   // Activation prefetch (bf16 activations): chunk c + 1 is copied with
@@ -103,7 +122,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   // get it after the ring in the dynamic allocation, sized at launch only
   // when the prefetch runs, so with JAX_MOE_ACT_PREFETCH=0 they keep the
   // ring-only shared-memory footprint.
-  constexpr bool kActPrefetch = gemm_mma_detail::ActPrefetchable<TT, KC, WS, ST>();
+  constexpr bool kActPrefetch = gemm_mma_detail::ActPrefetchable<TT, KC, WS, KW, ST>();
   constexpr int kActStaticBufs = kActPrefetch && WS == 0 ? 2 : 1;
   static_assert(kActStaticBufs * TT * kRowVec * 16 + TT * 4 <= 48 * 1024, "staging must fit static shared memory");
   static_assert(gemm_mma_detail::ActBufferBytes<TT, KC>() == TT * kRowVec * 16, "one staged chunk");
@@ -114,7 +133,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   uint4* const s_act0 = s_act_static[0];
   uint4* const s_act1 = kActStaticBufs == 2
                             ? s_act_static[kActStaticBufs - 1]
-                            : ring_smem + gemm_mma_detail::RingSmemBytes<TT, TW, WN, WS, ST>() / 16;
+                            : ring_smem + gemm_mma_detail::RingSmemBytes<TT, TW, WN, WS, KW, ST>() / 16;
   auto s_act = [&](int b) { return b ? s_act1 : s_act0; };
 
   // Dependent launch (cuda/dependent_launch.cuh; no-ops unless enabled):
@@ -132,7 +151,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   for (int i = threadIdx.x; i < TT; i += kThreads) s_expanded[i] = a.permuted_to_expanded[tile * TT + i];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
-  const int wt = warp % kWarpsT, wn = warp / kWarpsT;
+  const int wt = warp % kWarpsT, wn = (warp / kWarpsT) % WN, wk = warp / (kWarpsT * WN);
   const int feat0 = (blockIdx.y * WN + wn) * 32;
   const bool warp_active = feat0 < a.n_dim;
 
@@ -145,6 +164,7 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
   const KSplit split = KBlocksOfSplit(num_kb_total, blockIdx.z, gridDim.z);
   const int k_begin = split.first * kKBlock, k_end = min(split.end * kKBlock, a.k_dim);
   const int num_kb = split.end - split.first;  // this split's K blocks; kbi counts from k_begin
+  // This warp's K blocks: wk, wk + KW, ... (kbi), the i-th of them in ring stage i % WS.
   bool mt_valid[kMT];
   auto weight_row = [&](int mt, int r) {
     const int feature = MTileFeature<ST>(feat0, mt);
@@ -262,18 +282,17 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
     if (warp_active)
 #pragma unroll
       for (int s = 0; s < WS - 1; ++s) {
-        if (s < num_kb) ring_issue(s, s);
+        if (wk + KW * s < num_kb) ring_issue(wk + KW * s, s);
         CpAsyncCommit();  // empty groups too: the wait below counts groups
       }
   }
   if (warp_active)
-    for (int d = 0; d < l2_ahead; ++d) l2_prefetch(kInFlight + d);
+    for (int d = 0; d < l2_ahead; ++d) l2_prefetch(wk + KW * (kInFlight + d));
   if constexpr (kEarlyWeights) {
     WaitForPredecessor();  // h (GEMM1's output) and the split-K tickets from here on
     AllowDependents();
   }
-  int kbi = 0;         // K block index within this split, across chunks
-  int read_stage = 0;  // kbi % kRing
+  int read_stage = 0;  // (this warp's K blocks so far) % kRing
 
   // act_async: this call prefetches activations (bf16 and the host allowed
   // it: 16-byte aligned rows); s_act then holds raw bf16 groups, put in MMA
@@ -318,15 +337,16 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
     if (act_async) buf ^= 1;
     if (!warp_active) continue;
     const int kend = min(k0 + KC, k_end);
-    for (int kb = k0; kb < kend; kb += kKBlock, ++kbi) {
+    for (int kb = k0 + wk * kKBlock; kb < kend; kb += KW * kKBlock) {
+      const int kbi = (kb - k_begin) / kKBlock;  // K block index within this split
       const int k = kb + 32 * q;
-      if (l2_ahead > 0) l2_prefetch(kbi + kInFlight + l2_ahead);
+      if (l2_ahead > 0) l2_prefetch(kbi + KW * (kInFlight + l2_ahead));
       WeightQuad wq[kMT][2];
       uint32_t sc[kMT][2];  // QuadScalePair of each quad
       if constexpr (WS > 0) {
         // Refill the stage read one K block ago, then wait for this block's.
         const int refill_stage = read_stage == 0 ? kRing - 1 : read_stage - 1;
-        if (kbi + WS - 1 < num_kb) ring_issue(kbi + WS - 1, refill_stage);
+        if (kbi + KW * (WS - 1) < num_kb) ring_issue(kbi + KW * (WS - 1), refill_stage);
         CpAsyncCommit();
         CpAsyncWait<WS - 1>();
         const uint4* const codes = ring_codes + read_stage * kStageSlots;
@@ -383,8 +403,39 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
       }
     }
   }
-  if (gridDim.z > 1 && !CombineKSplits<kMT, kNT>(a, acc, warp_active)) return;
-  if (!warp_active) return;
+  if constexpr (KW > 1) {
+    // The K groups' sums meet in shared memory (the ring's, or the
+    // launcher's allocation of KReduceSmemBytes): groups 1.. store, group 0
+    // adds them in group order. Every copy was waited for (the last K
+    // blocks' waits; later groups are empty) before the barrier lets the
+    // ring be overwritten.
+    if constexpr (WS > 0) CpAsyncWait<0>();
+    __syncthreads();
+    constexpr int kAcc = kMT * kNT * 4;
+    float* const red = reinterpret_cast<float*>(ring_smem) + threadIdx.x % kGroupThreads;
+    if (wk > 0 && warp_active) {
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+            red[((wk - 1) * kAcc + (mt * kNT + nt) * 4 + i) * kGroupThreads] = acc[mt][nt][i];
+    }
+    __syncthreads();
+    if (wk > 0 || !warp_active) return;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int w = 1; w < KW; ++w) acc[mt][nt][i] += red[((w - 1) * kAcc + (mt * kNT + nt) * 4 + i) * kGroupThreads];
+  } else {
+    if (gridDim.z > 1 && !CombineKSplits<kMT, kNT>(a, acc, warp_active)) return;
+    if (!warp_active) return;
+  }
 
   GemmEpilogue<kMT, kNT, WF, ST>(a, acc, mt_valid, s_expanded, wt * TW, static_cast<int64_t>(tile) * TT,
                                  feat0, expert);
@@ -392,26 +443,35 @@ __global__ void __launch_bounds__(32 * (TT / TW) * WN)
 
 // Grid: x = token tiles (worst case from static shapes), y = feature blocks,
 // z = K splits (KSplits, up to a.split_k_limit).
-template <int TT, int TW, int WN, int KC, int WS, Format WF, GemmStage ST>
+template <int TT, int TW, int WN, int KC, int WS, int KW, Format WF, GemmStage ST>
 cudaError_t LaunchMmaSwapAbGemm(const GemmArgs& a, int64_t max_tiles, cudaStream_t stream) {
-  constexpr int kThreads = 32 * (TT / TW) * WN;
-  constexpr auto kKernel = MmaSwapAbGemmKernel<TT, TW, WN, KC, WS, WF, ST>;
+  constexpr int kThreads = 32 * (TT / TW) * WN * KW;
+  constexpr auto kKernel = MmaSwapAbGemmKernel<TT, TW, WN, KC, WS, KW, WF, ST>;
+  constexpr int kReduceBytes = KW > 1 ? gemm_mma_detail::KReduceSmemBytes<TT, TW, WN, KW, ST>() : 0;
   dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>((a.n_dim + 32 * WN - 1) / (32 * WN)));
   GemmArgs args = a;  // the activation prefetch: bf16 rows, 16-byte aligned for cp.async
   args.act_prefetch = a.act_prefetch && a.act_format == Format::kBF16 && a.a_row_bytes % 16 == 0 &&
                       reinterpret_cast<uintptr_t>(a.a_data) % 16 == 0;
-  int smem = 0;
+  int smem = kReduceBytes;  // ring-less rows with warps along K: the reduction's buffer alone
   if constexpr (WS > 0) {
-    if (!gemm_mma_detail::RingFits(a)) return LaunchMmaSwapAbGemm<TT, TW, WN, KC, 0, WF, ST>(a, max_tiles, stream);
-    // The ring, and after it the prefetch's second activation buffer when it runs.
-    constexpr int kRingBytes = gemm_mma_detail::RingSmemBytes<TT, TW, WN, WS, ST>();
+    if (!gemm_mma_detail::RingFits(a)) return LaunchMmaSwapAbGemm<TT, TW, WN, KC, 0, KW, WF, ST>(a, max_tiles, stream);
+    // The ring, and after it the prefetch's second activation buffer when it
+    // runs; the K groups' reduction reuses the ring (at least as large).
+    constexpr int kRingBytes = gemm_mma_detail::RingSmemBytes<TT, TW, WN, WS, KW, ST>();
+    static_assert(kRingBytes >= kReduceBytes, "the reduction fits in the ring");
     constexpr int kActBytes =
-        gemm_mma_detail::ActPrefetchable<TT, KC, WS, ST>() ? gemm_mma_detail::ActBufferBytes<TT, KC>() : 0;
+        gemm_mma_detail::ActPrefetchable<TT, KC, WS, KW, ST>() ? gemm_mma_detail::ActBufferBytes<TT, KC>() : 0;
     smem = kRingBytes + (args.act_prefetch ? kActBytes : 0);
-    // The opt-in covers the largest launch (it is set once per device and kernel).
-    if (const cudaError_t e = EnsureDynamicSmem<kKernel>(kRingBytes + kActBytes); e != cudaSuccess) return e;
   }
-  if (const int limit = MaxKSplitsFromEnv(a.split_k_limit); limit > 1) {
+  // The opt-in covers the largest launch (it is set once per device and kernel).
+  if (smem > 0) {
+    constexpr int kMaxBytes =
+        WS > 0 ? gemm_mma_detail::RingSmemBytes<TT, TW, WN, WS, KW, ST>() +
+                     (gemm_mma_detail::ActPrefetchable<TT, KC, WS, KW, ST>() ? gemm_mma_detail::ActBufferBytes<TT, KC>() : 0)
+               : kReduceBytes;
+    if (const cudaError_t e = EnsureDynamicSmem<kKernel>(kMaxBytes); e != cudaSuccess) return e;
+  }
+  if (const int limit = KW > 1 ? 1 : MaxKSplitsFromEnv(a.split_k_limit); limit > 1) {
     int sms = 0;
     if (const cudaError_t e = DeviceSms(&sms); e != cudaSuccess) return e;
     const int num_kb = (a.k_dim + gemm_detail::kKBlock - 1) / gemm_detail::kKBlock;
