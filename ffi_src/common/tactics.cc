@@ -213,29 +213,38 @@ bool ReplacedByTwin(const MoeProblem& p, const Tactic& t) {
 // are neither the default nor a tuning candidate (no tuning time for them).
 bool OutsideItsLoads(const MoeProblem& p, const Tactic& t) { return t.warps_k > 1 && !RingPreferred(p); }
 // The decode default (average expert load <= 1 token): the staged row `best`
-// becomes its twin with two warps along K and a 3-deep ring (same tile),
-// unless `best` would split a GEMM's K 4 or more ways across blocks, which
-// the warps-along-K rows cannot. Measured on an H200 (stage timer,
-// benchmarks/NOTES.md v10, NVFP4, T = 1 pipeline): Qwen3-30B-A3B 54.8 ->
-// 45.1 us, gpt-oss-120b 79.7 -> 66.4, DeepSeek-V3 147.5 -> 126.4 (whose
-// GEMM1 the ring row splits 2 ways), while Mixtral-8x7B (GEMM2: 64 blocks,
-// 112 K blocks, split 4 ways) went 150.7 -> 185.2; at T = 8 Qwen3 133.2 ->
-// 112.7, gpt-oss and DeepSeek-V3 within 2%. The SM count is not known here:
-// the splits are estimated for 132 SMs (H100 / H200).
-constexpr int64_t kNominalSms = 132;
+// becomes its twin with two warps along K and a 3-deep ring (same tile) while
+// the smaller GEMM grid stays within 3 blocks per SM, unless `best` would
+// split a GEMM's K 4 or more ways across blocks, which the warps-along-K rows
+// cannot. Measured on an H200 (stage timer, benchmarks/NOTES.md v10, b2a3f56,
+// NVFP4 pipeline): T = 1 Qwen3-30B-A3B 55.8 -> 44.6 us, gpt-oss-120b 79.9 ->
+// 66.9, DeepSeek-V3 147.2 -> 125.2 (whose GEMM1 the ring row splits 2 ways);
+// Mixtral-8x7B (GEMM2: 64 blocks, 112 K blocks, split 4 ways) 150.7 -> 185.2;
+// T = 8 Qwen3 134.7 -> 114.8 (GEMM1 ~300 blocks), but gpt-oss-120b 256 -> 268
+// and DeepSeek-V3 566 -> 573 (MXFP4: +10%, +9%) with 650-900 blocks. The SM
+// count is not known here: grids are estimated for 132 SMs (H100 / H200) and
+// the experts a call touches for uniform routing.
+constexpr double kNominalSms = 132;
+constexpr double kWarpsKMaxBlocksPerSm = 3;
 constexpr int64_t kSplitsWarpsKCannotReplace = 4;
 int64_t PreferWarpsK(const MoeProblem& p, int64_t best) {
   const auto& table = TacticTable();
   const Tactic& b = table[best];
   if (b.family != KernelFamily::kCudaMmaSwapAB || b.warps_k > 1 || !RingPreferred(p)) return best;
-  const int64_t active = p.expanded() < p.num_local_experts ? p.expanded() : p.num_local_experts;
+  const double e = static_cast<double>(p.num_local_experts);
+  const double touched = e * (1.0 - std::pow(1.0 - 1.0 / e, static_cast<double>(p.expanded())));
   const int64_t limit = SplitKLimit(p, b);
   // GEMM1: I features (gate and up of each in one block) over K = H; GEMM2: H over K = I.
   const int64_t gemms[2][2] = {{p.intermediate_size, p.hidden_size}, {p.hidden_size, p.intermediate_size}};
+  double smallest_grid = 0;
   for (const auto& g : gemms) {
-    const int64_t blocks = active * ((g[0] + b.tile_n - 1) / b.tile_n);
-    if (KSplits(blocks, kNominalSms, limit, (g[1] + 127) / 128) >= kSplitsWarpsKCannotReplace) return best;
+    const double blocks = std::ceil(touched * static_cast<double>((g[0] + b.tile_n - 1) / b.tile_n));
+    if (smallest_grid == 0 || blocks < smallest_grid) smallest_grid = blocks;
+    if (KSplits(static_cast<int64_t>(blocks), static_cast<int64_t>(kNominalSms), limit, (g[1] + 127) / 128) >=
+        kSplitsWarpsKCannotReplace)
+      return best;
   }
+  if (smallest_grid > kWarpsKMaxBlocksPerSm * kNominalSms) return best;
   for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i) {
     const Tactic& t = table[i];
     if (t.family == b.family && t.tile_tokens == b.tile_tokens && t.tile_n == b.tile_n &&
