@@ -195,16 +195,19 @@ double WgmmaLoadTarget(const MoeProblem& p) {
 // the ring-less rows stay above one token per expert.
 bool RingPreferred(const MoeProblem& p) { return p.expanded() <= p.num_local_experts; }
 
+// Same family, token tile, feature tile, warp tile and staged chunk: rows that
+// differ only in how they stream weights (ring depth) or split K (warps_k).
+bool SameTile(const Tactic& a, const Tactic& b) {
+  return a.family == b.family && a.tile_tokens == b.tile_tokens && a.tile_n == b.tile_n &&
+         a.tokens_per_warp == b.tokens_per_warp && a.k_chunk == b.k_chunk;
+}
 // A staged row whose twin (same kernel shape, the other weight_stages) is
 // the one RingPreferred picks for this problem: left out of the default and
 // of the tuning candidates, so the ring adds no tuning time.
 bool ReplacedByTwin(const MoeProblem& p, const Tactic& t) {
   if (t.family != KernelFamily::kCudaMmaSwapAB || (t.weight_stages > 0) == RingPreferred(p)) return false;
   for (const Tactic& o : TacticTable())
-    if (o.family == t.family && o.tile_tokens == t.tile_tokens && o.tile_n == t.tile_n &&
-        o.tokens_per_warp == t.tokens_per_warp && o.k_chunk == t.k_chunk && o.warps_k == t.warps_k &&
-        (o.weight_stages > 0) != (t.weight_stages > 0))
-      return true;
+    if (SameTile(o, t) && o.warps_k == t.warps_k && (o.weight_stages > 0) != (t.weight_stages > 0)) return true;
   return false;
 }
 
@@ -247,12 +250,8 @@ int64_t PreferWarpsK(const MoeProblem& p, int64_t best) {
       return best;
   }
   if (smallest_grid > kWarpsKMaxBlocksPerSm * kNominalSms) return best;
-  for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i) {
-    const Tactic& t = table[i];
-    if (t.family == b.family && t.tile_tokens == b.tile_tokens && t.tile_n == b.tile_n &&
-        t.tokens_per_warp == b.tokens_per_warp && t.k_chunk == b.k_chunk && t.warps_k == 2 && t.weight_stages == 3)
-      return i;
-  }
+  for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i)
+    if (SameTile(table[i], b) && table[i].warps_k == 2 && table[i].weight_stages == 3) return i;
   return best;
 }
 // Distance in octaves between a tactic's tile and a target tile.

@@ -447,29 +447,29 @@ template <int TT, int TW, int WN, int KC, int WS, int KW, Format WF, GemmStage S
 cudaError_t LaunchMmaSwapAbGemm(const GemmArgs& a, int64_t max_tiles, cudaStream_t stream) {
   constexpr int kThreads = 32 * (TT / TW) * WN * KW;
   constexpr auto kKernel = MmaSwapAbGemmKernel<TT, TW, WN, KC, WS, KW, WF, ST>;
+  // Dynamic shared memory: the ring, and after it the prefetch's second
+  // activation buffer when it runs (ring kernels only); the K groups'
+  // reduction reuses the ring, or is all of it in ring-less rows.
   constexpr int kReduceBytes = KW > 1 ? gemm_mma_detail::KReduceSmemBytes<TT, TW, WN, KW, ST>() : 0;
+  constexpr int kRingBytes = gemm_mma_detail::RingSmemBytes<TT, TW, WN, WS, KW, ST>();  // 0 without a ring
+  constexpr int kActBytes = WS > 0 && gemm_mma_detail::ActPrefetchable<TT, KC, WS, KW, ST>()
+                                ? gemm_mma_detail::ActBufferBytes<TT, KC>()
+                                : 0;
+  static_assert(WS == 0 || kRingBytes >= kReduceBytes, "the reduction fits in the ring");
   dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>((a.n_dim + 32 * WN - 1) / (32 * WN)));
   GemmArgs args = a;  // the activation prefetch: bf16 rows, 16-byte aligned for cp.async
   args.act_prefetch = a.act_prefetch && a.act_format == Format::kBF16 && a.a_row_bytes % 16 == 0 &&
                       reinterpret_cast<uintptr_t>(a.a_data) % 16 == 0;
-  int smem = kReduceBytes;  // ring-less rows with warps along K: the reduction's buffer alone
+  int smem = kReduceBytes;
   if constexpr (WS > 0) {
     if (!gemm_mma_detail::RingFits(a)) return LaunchMmaSwapAbGemm<TT, TW, WN, KC, 0, KW, WF, ST>(a, max_tiles, stream);
-    // The ring, and after it the prefetch's second activation buffer when it
-    // runs; the K groups' reduction reuses the ring (at least as large).
-    constexpr int kRingBytes = gemm_mma_detail::RingSmemBytes<TT, TW, WN, WS, KW, ST>();
-    static_assert(kRingBytes >= kReduceBytes, "the reduction fits in the ring");
-    constexpr int kActBytes =
-        gemm_mma_detail::ActPrefetchable<TT, KC, WS, KW, ST>() ? gemm_mma_detail::ActBufferBytes<TT, KC>() : 0;
     smem = kRingBytes + (args.act_prefetch ? kActBytes : 0);
   }
   // The opt-in covers the largest launch (it is set once per device and kernel).
   if (smem > 0) {
-    constexpr int kMaxBytes =
-        WS > 0 ? gemm_mma_detail::RingSmemBytes<TT, TW, WN, WS, KW, ST>() +
-                     (gemm_mma_detail::ActPrefetchable<TT, KC, WS, KW, ST>() ? gemm_mma_detail::ActBufferBytes<TT, KC>() : 0)
-               : kReduceBytes;
-    if (const cudaError_t e = EnsureDynamicSmem<kKernel>(kMaxBytes); e != cudaSuccess) return e;
+    if (const cudaError_t e = EnsureDynamicSmem<kKernel>(WS > 0 ? kRingBytes + kActBytes : kReduceBytes);
+        e != cudaSuccess)
+      return e;
   }
   if (const int limit = KW > 1 ? 1 : MaxKSplitsFromEnv(a.split_k_limit); limit > 1) {
     int sms = 0;
