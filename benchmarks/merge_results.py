@@ -6,7 +6,10 @@ against the targets of the "Performance" issue:
       part_a.json part_b.json [--finalize-log fin.log | --finalize-timer timer.txt]
 
 Each row keeps the floors of its own run (copy bandwidth and matmul rate are
-measured per call and recorded per part). Targets (T: tokens):
+measured per call and recorded per part). A row (model, T, weights, acts) that a
+later part measures again is replaced by the later one, so re-measured rows
+(e.g. the decode rows after a decode change) can be laid over an older whole
+table; each row names its part, and so its commit. Targets (T: tokens):
   decode  T <= 64:    time <= 1.25 x memory floor + 5 us
   middle  T = 512:    time <= 1.5 x max(memory floor, compute floor)
   prefill T = 4096:   compute floor / time >= 50% (of the measured bf16 matmul rate)
@@ -66,7 +69,7 @@ def finalize_from_timer(path: str, copy_bw_gbs: float) -> list[dict]:
 
 
 def merge(paths: list[str]) -> dict:
-    parts, rows = [], []
+    parts, rows = [], {}  # rows keyed by (model, T, weights, acts): a later part replaces the row
     for p in paths:
         d = json.load(open(p))
         parts.append({k: d.get(k) for k in ("device", "date", "commit", "jax", "copy_bw_GBs", "bf16_matmul_TFLOPs",
@@ -78,8 +81,8 @@ def merge(paths: list[str]) -> dict:
                 r["vs_ragged_dot"] = r["ragged_dot_bf16_us"] / r["time_us"]
             if r.get("reference_us"):
                 r["vs_reference"] = r["reference_us"] / r["time_us"]
-            rows.append(r)
-    return dict(parts=parts, rows=rows, finalize=[])
+            rows[(r["model"], r["T"], r["weights"], r["acts"])] = r
+    return dict(parts=parts, rows=list(rows.values()), finalize=[])
 
 
 def write_markdown(result: dict, path: str) -> None:

@@ -1,6 +1,7 @@
 """The benchmark peers compute the same layer (a peer that computes something
 else would make every ratio meaningless)."""
 
+import json
 import os
 import sys
 
@@ -106,3 +107,27 @@ def test_merge_results_takes_finalize_rows_from_the_stage_timer(tmp_path):
                          source="stage_timer")]
     md = report.finalize_table_md(rows)
     assert "| 256 | deepseek-v3 | 7168 | 8 | 14.8 | 23.8 | 1.61 | 62% |" in md
+
+
+def test_merge_results_later_parts_replace_rows_they_measure_again(tmp_path):
+    """A row a later part measures again (same model, T, weights, acts) is the
+    later part's; the other rows stay, each naming its part."""
+    from benchmarks import merge_results
+
+    def part(name, commit, rows):
+        path = tmp_path / name
+        path.write_text(json.dumps(dict(device="d", date="x", commit=commit, jax="j", copy_bw_GBs=3600.0,
+                                        bf16_matmul_TFLOPs=600.0, rows=rows)))
+        return str(path)
+
+    def row(T, time_us):
+        return dict(model="m", T=T, weights="nvfp4", acts="bf16", time_us=time_us, mem_floor_us=10.0,
+                    compute_floor_us=1.0, ragged_dot_bf16_us=None, reference_us=None)
+
+    old = part("old.json", "aaa", [row(1, 50.0), row(512, 900.0)])
+    new = part("new.json", "bbb", [row(1, 40.0)])
+    merged = merge_results.merge([old, new])
+    by_t = {r["T"]: r for r in merged["rows"]}
+    assert len(merged["rows"]) == 2
+    assert (by_t[1]["time_us"], merged["parts"][by_t[1]["part"]]["commit"]) == (40.0, "bbb")
+    assert (by_t[512]["time_us"], merged["parts"][by_t[512]["part"]]["commit"]) == (900.0, "aaa")
