@@ -5,7 +5,7 @@
 # parts: check (routing check + sanitizer), timer (stage timer, fused routing off/on, both weight
 # formats; TIMER_TOKENS, TIMER_EXTRA: more stage_timer options, e.g. "--tactics default,name"), stalls (ncu PC sampling of the T = 1 GEMMs), smoke (the fused-routing GPU tests: the
 # carried extension loads and runs), gpu (the whole GPU suite), table (the results table's T = 1 / 8
-# rows, TABLE_TOKENS), ext (import check only).
+# rows, TABLE_TOKENS; TABLE_PARTS="a b c" picks the three calls of NOTES.md), ext (import check only).
 set -u
 B=benchmarks/gpu_check.sh
 ROOT=$OUT; mkdir -p "$ROOT"
@@ -30,6 +30,7 @@ for part in "$@"; do
       mkdir -p "$ROOT/table"
       for spec in "gpt-oss-120b,deepseek-v3 bf16 a" "qwen3-30b-a3b,mixtral-8x7b bf16 b" "gpt-oss-120b mxfp8 c"; do
         read -r models acts tag <<< "$spec"
+        case " ${TABLE_PARTS:-a b c} " in *" $tag "*) ;; *) continue ;; esac
         W=nvfp4,mxfp4; [ "$acts" = mxfp8 ] && W=nvfp4
         PEERS=(); [ "$acts" = mxfp8 ] && PEERS=(--peers none)
         python3 -m benchmarks.moe --models "$models" --weights $W --acts "$acts" "${PEERS[@]}" \

@@ -127,17 +127,30 @@ int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf
   p.has_routing_bias = ds;
   p.per_expert_w13_global = p.per_expert_w2_global = true;
   p.do_finalize = true;
-  p.tactic = DefaultTactic(p, Platform::kCuda);
-  if (tactic_name != "default") {
-    p.tactic = -1;
+  // "default": the default row and the GEMM2 row it implies; "a": row a for
+  // both GEMMs; "a+b": GEMM1 runs a, GEMM2 b.
+  auto find = [](const std::string& name) {
     for (size_t i = 0; i < TacticTable().size(); ++i)
-      if (tactic_name == TacticTable()[i].name) p.tactic = static_cast<int64_t>(i);
-    if (p.tactic < 0) { std::printf("unknown tactic %s\n", tactic_name.c_str()); return 1; }
+      if (name == TacticTable()[i].name) return static_cast<int64_t>(i);
+    return int64_t{-1};
+  };
+  if (tactic_name == "default") {
+    p.tactic = DefaultTactic(p, Platform::kCuda);
+    p.gemm2_tactic = DefaultGemm2Tactic(p, Platform::kCuda, p.tactic);
+  } else {
+    const size_t plus = tactic_name.find('+');
+    p.tactic = find(tactic_name.substr(0, plus));
+    p.gemm2_tactic = plus == std::string::npos ? p.tactic : find(tactic_name.substr(plus + 1));
+    if (p.tactic < 0 || p.gemm2_tactic < 0) { std::printf("unknown tactic %s\n", tactic_name.c_str()); return 1; }
   }
-  const std::string invalid = ValidateProblem(p) + TacticInvalidReason(p, Platform::kCuda, p.tactic);
+  const std::string invalid = ValidateProblem(p) + TacticInvalidReason(p, Platform::kCuda, p.tactic) +
+                              Gemm2TacticInvalidReason(p, Platform::kCuda);
   if (!invalid.empty()) { std::printf("invalid: %s\n", invalid.c_str()); return 1; }
   const Tactic& tactic = TacticTable()[p.tactic];
-  const WorkspaceLayout layout = PlanWorkspaceFor(p, tactic);
+  const Tactic& tactic2 = TacticTable()[Gemm2Tactic(p)];
+  const std::string label = Gemm2Tactic(p) == p.tactic ? std::string(tactic.name)
+                                                       : std::string(tactic.name) + "+" + tactic2.name;
+  const WorkspaceLayout layout = PlanWorkspaceFor(p, tactic, tactic2);
   const int64_t H = m.H, I = m.I, E = m.E;
   const int wb = BlockSize(wf);
   const bool nv = wf == Format::kNVFP4;
@@ -180,7 +193,7 @@ int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf
       case 0: return fused ? cuda::LaunchRoutingAndPermute(p, b, ws, s) : cuda::LaunchRouting(p, b, s);
       case 1: return fused ? ffi::Error::Success() : cuda::LaunchPermute(p, b.topk_ids, ws, s);
       case 2: return cuda::LaunchGemm1(p, b, ws, p.tactic, s);
-      case 3: return cuda::LaunchGemm2(p, b, ws, p.tactic, s);
+      case 3: return cuda::LaunchGemm2(p, b, ws, Gemm2Tactic(p), s);
       default: return cuda::LaunchFinalize(p, b, ws, s);
     }
   };
@@ -210,7 +223,7 @@ int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf
     }
   }
   std::printf("%-14s %s T=%-6lld %-22s splits<=%d pipeline %9.1f us |", m.name, nv ? "nvfp4" : "mxfp4",
-              static_cast<long long>(T), tactic.name, cuda::g_max_k_splits.load(), Median(whole));
+              static_cast<long long>(T), label.c_str(), cuda::g_max_k_splits.load(), Median(whole));
   for (int i = 0; i < 5; ++i) std::printf(" %s %8.1f", names[i], Median(per[i]));
   std::printf("\n");
   if (finalize_kinds) {

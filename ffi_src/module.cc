@@ -156,6 +156,24 @@ NB_MODULE(_ffi, m) {
     return DefaultTactic(ProblemFromDict(d), ParsePlatform(platform));
   });
   m.def(
+      "default_gemm2_tactic",
+      [](const nb::dict& d, const std::string& platform, int64_t gemm1) {
+        return DefaultGemm2Tactic(ProblemFromDict(d), ParsePlatform(platform), gemm1);
+      },
+      "The row GEMM2 runs when GEMM1 runs the given (default or tuned) row.");
+  m.def(
+      "gemm2_tactic_invalid_reason",
+      [](const nb::dict& d, const std::string& platform, int64_t gemm1, int64_t gemm2) {
+        MoeProblem p = ProblemFromDict(d);
+        const Platform plat = ParsePlatform(platform);
+        const std::string bad = TacticInvalidReason(p, plat, gemm1);
+        if (!bad.empty()) return "tactic: " + bad;
+        p.tactic = gemm1;
+        p.gemm2_tactic = gemm2;
+        return Gemm2TacticInvalidReason(p, plat);
+      },
+      "'' if GEMM2 can run the second row after GEMM1 ran the first, else why not.");
+  m.def(
       "tuning_candidates",
       [](const nb::dict& d, const std::string& platform, bool exhaustive) {
         return TuningCandidates(ProblemFromDict(d), ParsePlatform(platform), exhaustive);
@@ -165,13 +183,15 @@ NB_MODULE(_ffi, m) {
         "K splits the staged CUDA family launches for a grid (see KSplits in tactics.h).");
   m.def(
       "workspace_bytes",
-      [](const nb::dict& d, int64_t id) {
+      [](const nb::dict& d, int64_t id, int64_t gemm2) {
         const auto& table = TacticTable();
-        if (id < 0 || id >= static_cast<int64_t>(table.size()))
-          throw nb::value_error("tactic id out of range");
-        return static_cast<int64_t>(PlanWorkspaceFor(ProblemFromDict(d), table[id]).total);
+        const int64_t n = static_cast<int64_t>(table.size());
+        if (id < 0 || id >= n || gemm2 >= n) throw nb::value_error("tactic id out of range");
+        return static_cast<int64_t>(
+            PlanWorkspaceFor(ProblemFromDict(d), table[id], table[gemm2 < 0 ? id : gemm2]).total);
       },
-      "Bytes of the workspace output for the problem under a tactic.");
+      nb::arg("problem"), nb::arg("tactic"), nb::arg("gemm2_tactic") = -1,
+      "Bytes of the workspace output for the problem under a tactic (GEMM2 under gemm2_tactic, -1: the same).");
 #ifdef JAX_MOE_WITH_CUDA
   m.def(
       "cuda_handler_stats",

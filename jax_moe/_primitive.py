@@ -29,26 +29,27 @@ _TOKEN_OPERANDS_LOGITS = (0, 1, 3)
 _TOKEN_OPERANDS_ROUTED = (0, 1, 3, 4)
 
 
-def _workspace_bytes(problem: MoEProblem, tactic: int, tactic_is_hint: bool) -> int:
+def _workspace_bytes(problem: MoEProblem, tactic: int, gemm2_tactic: int, tactic_is_hint: bool) -> int:
     """A hinted tactic may be replaced by a platform default when lowering: size for both."""
-    need = tactics.workspace_bytes(problem, tactic)
+    need = tactics.workspace_bytes(problem, tactic, gemm2_tactic)
     return max(need, tactics.workspace_bytes(problem, tactics.AUTO)) if tactic_is_hint else need
 
 
-def _result_avals(problem: MoEProblem, tactic: int, tactic_is_hint: bool = False) -> tuple[jax.core.ShapedArray, ...]:
+def _result_avals(problem: MoEProblem, tactic: int, gemm2_tactic: int,
+                  tactic_is_hint: bool = False) -> tuple[jax.core.ShapedArray, ...]:
     T, H, K = problem.num_tokens, problem.hidden_size, problem.top_k
     out_shape = (T, H) if problem.do_finalize else (T, K, H)
     return (
         jax.core.ShapedArray(out_shape, jnp.bfloat16),
         jax.core.ShapedArray((T, K), jnp.int32),
         jax.core.ShapedArray((T, K), jnp.float32),
-        jax.core.ShapedArray((_workspace_bytes(problem, tactic, tactic_is_hint),), jnp.uint8),
+        jax.core.ShapedArray((_workspace_bytes(problem, tactic, gemm2_tactic, tactic_is_hint),), jnp.uint8),
     )
 
 
 def _abstract_eval(*avals, target: str, problem: MoEProblem, tactic_is_hint: bool, **attrs):
     del avals, target
-    return _result_avals(problem, attrs["tactic"], tactic_is_hint)
+    return _result_avals(problem, attrs["tactic"], attrs["gemm2_tactic"], tactic_is_hint)
 
 
 def _impl(*args, **params):
@@ -63,8 +64,9 @@ def _lowering(platform: str):
                 "this version has none): run on the CPU or use jax_moe.reference."
             )
         tactic = tactics.resolve(problem, attrs["tactic"], platform)
+        gemm2 = attrs["gemm2_tactic"]
         if tactic_is_hint and tactics.invalid_reason(problem, tactic, platform):
-            tactic = tactics.default_tactic(problem, platform)  # tuned for another platform
+            tactic, gemm2 = tactics.default_tactic(problem, platform), tactics.AUTO  # tuned for another platform
         reason = tactics.invalid_reason(problem, tactic, platform)
         if reason:
             raise ValueError(
@@ -72,7 +74,11 @@ def _lowering(platform: str):
                 f"{platform} tactic (see jax_moe.valid_tactics(problem, {platform!r})) or "
                 f"tactic=None for the platform's default."
             )
-        return jax.ffi.ffi_lowering(target)(ctx, *args, **{**attrs, "tactic": tactic})
+        gemm2 = tactics.resolve_gemm2(problem, tactic, gemm2, platform)
+        reason = tactics.gemm2_invalid_reason(problem, tactic, gemm2, platform)
+        if reason:
+            raise ValueError(f"fp4_moe: {reason} (lowering for {platform!r})")
+        return jax.ffi.ffi_lowering(target)(ctx, *args, **{**attrs, "tactic": tactic, "gemm2_tactic": gemm2})
 
     return rule
 
@@ -103,11 +109,13 @@ def _batch(args, dims, *, target: str, problem: MoEProblem, tactic_is_hint: bool
             for i, a in enumerate(flat)
         ]
         big = problem.with_tokens(size * problem.num_tokens)
-        tactic = attrs["tactic"]
+        tactic, gemm2 = attrs["tactic"], attrs["gemm2_tactic"]
         if tactic != tactics.AUTO and tactics.invalid_reason(big, tactic, tactics.tactic_platform(tactic)):
-            tactic = tactics.AUTO
+            tactic, gemm2 = tactics.AUTO, tactics.AUTO
+        elif tactic_is_hint and tactic != tactics.AUTO:
+            gemm2 = tactics.AUTO  # the per-GEMM default for the folded token count
         outs = fp4_moe_p.bind(*flat, target=target, problem=big, tactic_is_hint=tactic_is_hint,
-                              **{**attrs, "tactic": tactic})
+                              **{**attrs, "tactic": tactic, "gemm2_tactic": gemm2})
         out, ids, weights, ws = outs
         unflat = [o.reshape((size, problem.num_tokens) + o.shape[1:]) for o in (out, ids, weights)]
         return [*unflat, ws], [0, 0, 0, None]
@@ -130,8 +138,13 @@ batching.primitive_batchers[fp4_moe_p] = _batch
 
 
 def ffi_attributes(problem: MoEProblem, *, routed_scaling_factor: float, swiglu_alpha: float,
-                   swiglu_beta: float, swiglu_limit: float, tactic: int) -> dict:
-    """The typed static attributes of the custom call (see MoeAttrs in ffi_glue.h)."""
+                   swiglu_beta: float, swiglu_limit: float, tactic: int,
+                   gemm2_tactic: int | None = None) -> dict:
+    """The typed static attributes of the custom call (see MoeAttrs in ffi_glue.h).
+
+    `gemm2_tactic`: GEMM2's row; None: the same as `tactic`; `tactics.AUTO`:
+    resolved when lowering to `tactics.default_gemm2_tactic` of the tactic.
+    """
     return dict(
         routing_method=int(problem.routing_method),
         top_k=int(problem.top_k),
@@ -149,6 +162,7 @@ def ffi_attributes(problem: MoEProblem, *, routed_scaling_factor: float, swiglu_
         routing_weight_on_input=bool(problem.routing_weight_on_input),
         do_finalize=bool(problem.do_finalize),
         tactic=int(tactic),
+        gemm2_tactic=int(tactic if gemm2_tactic is None else gemm2_tactic),
     )
 
 

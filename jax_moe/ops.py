@@ -141,7 +141,7 @@ def _weight_operands(w: QTensor):
 def _moe(hidden_states, routing_operands, w13, w2, *, routed, top_k, num_experts, routing,
          n_group, topk_group, routed_scaling_factor, has_routing_bias, activation, swiglu_alpha,
          swiglu_beta, swiglu_limit, b13, b2, local_expert_offset, routing_weight_on_input,
-         h_global_scale, do_finalize, tactic, leading, act_fmt, E_local, H, I, w_fmt):
+         h_global_scale, do_finalize, tactic, gemm2_tactic, leading, act_fmt, E_local, H, I, w_fmt):
     T = math.prod(leading)
     K = top_k
     problem = MoEProblem(
@@ -165,6 +165,17 @@ def _moe(hidden_states, routing_operands, w13, w2, *, routed, top_k, num_experts
         if reason:
             names = ", ".join(f"{t.id} ({t.name})" for t in tactics.valid_tactics(problem))
             raise ValueError(f"tactic: {reason}; valid tactics for this problem: {names}")
+    if gemm2_tactic is None:
+        # Tuned or default: GEMM2's row follows from GEMM1's when lowering
+        # (tactics.default_gemm2_tactic); an explicit tactic runs both GEMMs.
+        gemm2_tactic = tactics.AUTO if tactic_is_hint else tactic
+    else:
+        if tactic_is_hint:
+            _fail("gemm2_tactic", "None unless tactic is given too", repr(gemm2_tactic))
+        gemm2_tactic = _static_int("gemm2_tactic", gemm2_tactic, 0)
+        reason = tactics.gemm2_invalid_reason(problem, tactic, gemm2_tactic, tactics.tactic_platform(tactic))
+        if reason:
+            raise ValueError(reason)
     if T == 0:  # nothing to compute; XLA handles empty arrays without a call
         empty = jnp.zeros(leading + ((H,) if do_finalize else (K, H)), jnp.bfloat16)
         return empty if do_finalize else (empty, jnp.zeros(leading + (K,), jnp.float32),
@@ -175,7 +186,7 @@ def _moe(hidden_states, routing_operands, w13, w2, *, routed, top_k, num_experts
     h_global = jnp.asarray(1.0 if h_global_scale is None else h_global_scale, jnp.float32).reshape(1)
     operands = (x, xs, xg, *routing_operands, *w13_ops, empty if b13 is None else b13,
                 *w2_ops, empty if b2 is None else b2, h_global)
-    attrs = _primitive.ffi_attributes(problem, **float_attrs, tactic=tactic)
+    attrs = _primitive.ffi_attributes(problem, **float_attrs, tactic=tactic, gemm2_tactic=gemm2_tactic)
     out, ids, weights = _primitive.bind(operands, problem, attrs, tactic_is_hint=tactic_is_hint)
     if do_finalize:
         return out.reshape(leading + (H,))
@@ -229,6 +240,7 @@ def fp4_moe(
     h_global_scale: ArrayLike | None = None,
     do_finalize: bool = True,
     tactic: int | None = None,
+    gemm2_tactic: int | None = None,
 ):
     """One fused FP4 MoE layer: routing, permutation, GEMM1 + gated activation, GEMM2, finalize.
 
@@ -270,6 +282,10 @@ def fp4_moe(
         None: the autotuner's tactic for this problem and token bucket (from
         its cache, or tuned now inside `jax_moe.autotune()`), else the
         heuristic default of the platform the computation lowers to.
+      gemm2_tactic: the row GEMM2 runs (static; needs an explicit `tactic`
+        of the same token tile). None: the same as `tactic`; with
+        tactic=None both rows come from the autotuner / the default, which
+        choose GEMM2's row on its own at decode loads.
 
     Returns:
       bf16 [..., H] (do_finalize) or the tuple described above.
@@ -301,7 +317,7 @@ def fp4_moe(
                 topk_group=_static_int("topk_group", topk_group, 0),
                 routed_scaling_factor=_static_float("routed_scaling_factor", routed_scaling_factor),
                 has_routing_bias=bias is not None,
-                routing_weight_on_input=bool(routing_weight_on_input), tactic=tactic, **c)
+                routing_weight_on_input=bool(routing_weight_on_input), tactic=tactic, gemm2_tactic=gemm2_tactic, **c)
 
 
 def fp4_moe_routed(
@@ -323,6 +339,7 @@ def fp4_moe_routed(
     h_global_scale: ArrayLike | None = None,
     do_finalize: bool = True,
     tactic: int | None = None,
+    gemm2_tactic: int | None = None,
 ):
     """`fp4_moe` with precomputed routing: top-k expert ids and their weights.
 
@@ -357,4 +374,4 @@ def fp4_moe_routed(
     return _moe(hidden_states, (ids, weights), w13, w2, routed=True, num_experts=E,
                 routing=RoutingMethod.TOPK, n_group=0, topk_group=0, routed_scaling_factor=1.0,
                 has_routing_bias=False, routing_weight_on_input=routing_weight_on_input,
-                tactic=tactic, **c)
+                tactic=tactic, gemm2_tactic=gemm2_tactic, **c)

@@ -128,9 +128,9 @@ def moe_reference(hidden_states, router_logits, w13: QTensor, w2: QTensor, *, to
                   swiglu_beta: float = GPT_OSS_BETA, swiglu_limit: float = GPT_OSS_LIMIT,
                   b13=None, b2=None, local_expert_offset: int = 0,
                   routing_weight_on_input: bool | None = None, h_global_scale=None,
-                  do_finalize: bool = True, tactic: Any = None):
-    """Pure-jnp `jax_moe.fp4_moe` (same arguments; `tactic` is ignored)."""
-    del tactic
+                  do_finalize: bool = True, tactic: Any = None, gemm2_tactic: Any = None):
+    """Pure-jnp `jax_moe.fp4_moe` (same arguments; the tactics are ignored)."""
+    del tactic, gemm2_tactic
     method = routing_lib.RoutingMethod.parse(routing)
     leading = tuple(router_logits.shape[:-1])
     logits = jnp.asarray(router_logits, jnp.float32).reshape(math.prod(leading), -1)
@@ -151,9 +151,10 @@ def moe_reference_routed(hidden_states, topk_ids, topk_weights, w13: QTensor, w2
                          swiglu_alpha: float = GPT_OSS_ALPHA, swiglu_beta: float = GPT_OSS_BETA,
                          swiglu_limit: float = GPT_OSS_LIMIT, b13=None, b2=None,
                          local_expert_offset: int = 0, routing_weight_on_input: bool = False,
-                         h_global_scale=None, do_finalize: bool = True, tactic: Any = None):
-    """Pure-jnp `jax_moe.fp4_moe_routed` (same arguments; `tactic` is ignored)."""
-    del tactic, num_experts
+                         h_global_scale=None, do_finalize: bool = True, tactic: Any = None,
+                         gemm2_tactic: Any = None):
+    """Pure-jnp `jax_moe.fp4_moe_routed` (same arguments; the tactics are ignored)."""
+    del tactic, gemm2_tactic, num_experts
     leading = tuple(topk_ids.shape[:-1])
     K = topk_ids.shape[-1]
     ids = jnp.asarray(topk_ids, jnp.int32).reshape(-1, K)

@@ -211,6 +211,41 @@ def test_warps_along_k_is_bitwise_deterministic():
     assert_close(first, run_op_and_reference(case)[1], rel=REL_TOL)
 
 
+_GEMM2_PAIRS = [  # (GEMM1 row, GEMM2 row, T, H, I): each pair's shape makes the non-KW row split K
+    ("cuda_mma_t8_n128_r3_k2", "cuda_mma_t8_n128_r4", 1, 1056, 6208),
+    ("cuda_mma_t8_n128_r4", "cuda_mma_t8_n128_r2_k4", 3, 6208, 352),
+    ("cuda_mma_t8_n128", "cuda_stream_t8", 5, 1056, 352),
+    ("cuda_mma_t64_n128", "cuda_wgmma_ws_t64", 300, 1056, 352),
+]
+
+
+@pytest.mark.parametrize("first,second,T,H,I", _GEMM2_PAIRS, ids=[f"{a}+{b}" for a, b, *_ in _GEMM2_PAIRS])
+def test_gemm2_runs_its_own_row(first, second, T, H, I):
+    """GEMM2 under another row of the same token tile than GEMM1 (gemm2_tactic):
+    the split-K workspace sized for the row that splits, another family for
+    GEMM2; every weight format, biases, the gpt-oss activation."""
+    for i, wfmt in enumerate((Format.NVFP4, Format.MXFP4)):
+        case = make_case(T=T, H=H, I=I, E=8, top_k=2, weight_format=wfmt,
+                         act_format=_FORMAT_PAIRS[(T + i) % len(_FORMAT_PAIRS)][1],
+                         activation=Activation.SWIGLU_OAI, biases=True)
+        _check(case, tactic=jax_moe.tactic_id(first), gemm2_tactic=jax_moe.tactic_id(second))
+
+
+def test_default_picks_gemm2_row_on_its_own():
+    """At T = 1 with a short GEMM1 K and a long GEMM2 K (96 K blocks on 8 blocks)
+    the default runs GEMM1 with warps along K and GEMM2 with the ring row split
+    4 ways (tactics.cc PreferWarpsK); the result matches the reference."""
+    case = make_case(T=1, H=512, I=12288, E=8, top_k=2)
+    problem = jax_moe.MoEProblem(1, 512, 12288, 8, 8, 2)
+    first = jax_moe.default_tactic(problem, "cuda")
+    second = jax_moe.tactics.default_gemm2_tactic(problem, first, "cuda")
+    table = jax_moe.tactics.tactic_table()
+    assert (table[first].warps_k, table[second].warps_k) == (2, 1), (table[first].name, table[second].name)
+    launches, _ = _split_k_stats()
+    _check(case)
+    assert _split_k_stats()[0] > launches, "GEMM2's ring row should split K"
+
+
 def test_split_k_is_bitwise_deterministic():
     """The last split adds the partials in split order: repeated runs agree
     bitwise whichever split finishes last, and match the reference."""

@@ -2,6 +2,7 @@
 naming the argument, and handler-level errors surface as Python exceptions."""
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 import pytest
 
@@ -131,3 +132,25 @@ def test_tactic_of_another_platform_is_a_lowering_error():
     f = jax.jit(lambda h, l: jax_moe.fp4_moe(h, l, case.w13, case.w2, **case.kwargs, tactic=cuda[0].id))
     with pytest.raises(ValueError, match="lowers for 'cpu'"):
         f(case.hidden, case.logits)
+
+
+def test_gemm2_tactic_validation(case):
+    """gemm2_tactic needs an explicit tactic of the same token tile and platform;
+    naming GEMM1's own row runs the same program as leaving it out."""
+    from jax_moe import tactics
+    from moe_cases import run_op_and_reference
+
+    cpu = [t for t in tactics.tactic_table() if t.platform == "cpu"]
+    with pytest.raises(ValueError, match="gemm2_tactic: expected None unless tactic is given too"):
+        call(case, gemm2_tactic=cpu[0].id)
+    with pytest.raises(ValueError, match="must match"):
+        call(case, tactic=cpu[0].id, gemm2_tactic=cpu[1].id)  # CPU rows: 4, 16, 64-token tiles
+    with pytest.raises(ValueError, match="not in the table"):
+        call(case, tactic=cpu[0].id, gemm2_tactic=10_000)
+    with pytest.raises(TypeError, match="gemm2_tactic"):
+        call(case, tactic=cpu[0].id, gemm2_tactic=1.5)
+    if jax.default_backend() == "cpu":
+        out, ref = run_op_and_reference(case, tactic=cpu[1].id, gemm2_tactic=cpu[1].id)
+        np.testing.assert_array_equal(np.asarray(out, np.float32),
+                                      np.asarray(call(case, tactic=cpu[1].id), np.float32))
+        assert not np.isnan(np.asarray(out, np.float32)).any()

@@ -89,6 +89,7 @@ ffi::Error DecodeCall(bool routed, ffi::RemainingArgs args, ffi::RemainingRets r
   p->routing_weight_on_input = a.routing_weight_on_input;
   p->do_finalize = a.do_finalize;
   p->tactic = a.tactic;
+  p->gemm2_tactic = a.gemm2_tactic;
   p->has_routing_bias = !routed && in[kBiasOrWeights].element_count() > 0;
   p->has_b13 = in[kB13].element_count() > 0;
   p->has_b2 = in[kB2].element_count() > 0;
@@ -180,8 +181,11 @@ ffi::Error PrepareCall(const char* target, bool routed, Platform platform, ffi::
   if (decoded.failure()) return decoded;
   const std::string bad_tactic = TacticInvalidReason(p, platform, p.tactic);
   if (!bad_tactic.empty()) return ffi::Error::InvalidArgument(StrCat(target, ": ", bad_tactic));
+  const std::string bad_gemm2 = Gemm2TacticInvalidReason(p, platform);
+  if (!bad_gemm2.empty()) return ffi::Error::InvalidArgument(StrCat(target, ": ", bad_gemm2));
   call->tactic = &TacticTable()[p.tactic];
-  call->layout = PlanWorkspaceFor(p, *call->tactic);
+  call->gemm2_tactic = &TacticTable()[Gemm2Tactic(p)];
+  call->layout = PlanWorkspaceFor(p, *call->tactic, *call->gemm2_tactic);
   if (call->buffers.workspace_bytes < call->layout.total)
     return ffi::Error::InvalidArgument(StrCat(target, ": workspace of ", call->buffers.workspace_bytes,
                                               " bytes, need ", call->layout.total));

@@ -69,6 +69,7 @@ struct MoeAttrs {
   bool routing_weight_on_input;
   bool do_finalize;
   int64_t tactic;
+  int64_t gemm2_tactic;  // -1: GEMM2 runs `tactic` too
 };
 
 // Raw pointers of every operand, resolved once by the handler.
@@ -107,7 +108,8 @@ ffi::Error DecodeCall(bool routed, ffi::RemainingArgs args, ffi::RemainingRets r
 struct PreparedCall {
   MoeProblem problem;
   MoeBuffers buffers;
-  const Tactic* tactic = nullptr;
+  const Tactic* tactic = nullptr;        // GEMM1's row (and the token tile)
+  const Tactic* gemm2_tactic = nullptr;  // GEMM2's row
   WorkspaceLayout layout;
 };
 ffi::Error PrepareCall(const char* target, bool routed, Platform platform, ffi::RemainingArgs args,
@@ -158,4 +160,5 @@ XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(
     ::xla::ffi::StructMember<int64_t>("num_experts"),
     ::xla::ffi::StructMember<int64_t>("local_expert_offset"),
     ::xla::ffi::StructMember<bool>("routing_weight_on_input"),
-    ::xla::ffi::StructMember<bool>("do_finalize"), ::xla::ffi::StructMember<int64_t>("tactic"));
+    ::xla::ffi::StructMember<bool>("do_finalize"), ::xla::ffi::StructMember<int64_t>("tactic"),
+    ::xla::ffi::StructMember<int64_t>("gemm2_tactic"));

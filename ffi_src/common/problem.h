@@ -32,7 +32,8 @@ struct MoeProblem {
   bool per_expert_w2_global = false;
   bool routing_weight_on_input = false;
   bool do_finalize = true;
-  int64_t tactic = 0;
+  int64_t tactic = 0;         // the tactic table row GEMM1 (and routing's tile) runs
+  int64_t gemm2_tactic = -1;  // the row GEMM2 runs (-1: the same as `tactic`); same token tile
 
   int64_t expanded() const { return num_tokens * routing.top_k; }
   // Elements of the `out` result: [T, H] finalized, or [T, K, H] per-(token, k) rows.

@@ -148,8 +148,24 @@ int64_t SplitKLimit(const MoeProblem& p, const Tactic& t);
 // (tactics.cc says which measurements these bounds come from).
 int64_t KSplits(int64_t blocks, int64_t sms, int64_t limit, int64_t num_kb);
 
-// The workspace layout a call of `p` under tactic `t` uses.
+// The workspace layout a call of `p` under tactic `t` uses (for both GEMMs),
+// or with GEMM1 under `t` and GEMM2 under `t2` (rows of one token tile).
 WorkspaceLayout PlanWorkspaceFor(const MoeProblem& p, const Tactic& t);
+WorkspaceLayout PlanWorkspaceFor(const MoeProblem& p, const Tactic& t, const Tactic& t2);
+
+// The row GEMM2 of `p` runs: p.gemm2_tactic, or p.tactic when that is -1.
+inline int64_t Gemm2Tactic(const MoeProblem& p) { return p.gemm2_tactic < 0 ? p.tactic : p.gemm2_tactic; }
+
+// "" if Gemm2Tactic(p) can run GEMM2 of `p` on `platform` after GEMM1 ran
+// p.tactic: a valid row of the platform with the same token tile (the
+// permuted layout and the workspace are planned from GEMM1's tile), else why not.
+std::string Gemm2TacticInvalidReason(const MoeProblem& p, Platform platform);
+
+// The row GEMM2 runs when GEMM1 runs `gemm1` and the caller named no row for
+// GEMM2 (the default and the tuned tactics): a decode-sized staged ring row
+// or its warps-along-K twin is chosen per GEMM (tactics.cc says why), every
+// other row runs both GEMMs.
+int64_t DefaultGemm2Tactic(const MoeProblem& p, Platform platform, int64_t gemm1);
 
 // The tactics the autotuner times for `p`: the default first, then the valid,
 // non-experimental tactics the pruning rule (tactics.cc) keeps, or every one

@@ -33,7 +33,7 @@ ffi::Error MoeCpu(ffi::RemainingArgs args, ffi::RemainingRets rets, MoeAttrs att
     Route(p, b);
     Permute(p, b.topk_ids, ws);
     Gemm1Activation(p, b, ws, call.tactic->tile_n);
-    Gemm2(p, b, ws, call.tactic->tile_n);
+    Gemm2(p, b, ws, call.gemm2_tactic->tile_n);
     Finalize(p, b, ws);
     return ffi::Error::Success();
   });

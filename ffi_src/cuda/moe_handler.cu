@@ -60,7 +60,7 @@ ffi::Error MoeCuda(cudaStream_t stream, ffi::RemainingArgs args, ffi::RemainingR
     if (PoisonOutputs()) JM_RETURN_IF_ERROR(Poison(p, b, call.layout, stream));
     JM_RETURN_IF_ERROR(LaunchRoutingAndPermute(p, b, ws, stream));
     JM_RETURN_IF_ERROR(LaunchGemm1(p, b, ws, p.tactic, stream));
-    JM_RETURN_IF_ERROR(LaunchGemm2(p, b, ws, p.tactic, stream));
+    JM_RETURN_IF_ERROR(LaunchGemm2(p, b, ws, Gemm2Tactic(p), stream));
     return LaunchFinalize(p, b, ws, stream);
   });
 }
