@@ -228,7 +228,7 @@ def test_gemm2_runs_its_own_row(first, second, T, H, I):
         case = make_case(T=T, H=H, I=I, E=8, top_k=2, weight_format=wfmt,
                          act_format=_FORMAT_PAIRS[(T + i) % len(_FORMAT_PAIRS)][1],
                          activation=Activation.SWIGLU_OAI, biases=True)
-        _check(case, tactic=jax_moe.tactic_id(first), gemm2_tactic=jax_moe.tactic_id(second))
+        _check(case, tactic=tactics.tactic_id(first), gemm2_tactic=tactics.tactic_id(second))
 
 
 def test_default_picks_gemm2_row_on_its_own():
