@@ -127,8 +127,8 @@ int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf
   p.has_routing_bias = ds;
   p.per_expert_w13_global = p.per_expert_w2_global = true;
   p.do_finalize = true;
-  // "default": the default row and the GEMM2 row it implies; "a": row a for
-  // both GEMMs; "a+b": GEMM1 runs a, GEMM2 b.
+  // "default": the default row for both GEMMs; "a": row a for both;
+  // "a+b": GEMM1 runs a, GEMM2 b.
   auto find = [](const std::string& name) {
     for (size_t i = 0; i < TacticTable().size(); ++i)
       if (name == TacticTable()[i].name) return static_cast<int64_t>(i);
@@ -136,7 +136,6 @@ int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf
   };
   if (tactic_name == "default") {
     p.tactic = DefaultTactic(p, Platform::kCuda);
-    p.gemm2_tactic = DefaultGemm2Tactic(p, Platform::kCuda, p.tactic);
   } else {
     const size_t plus = tactic_name.find('+');
     p.tactic = find(tactic_name.substr(0, plus));

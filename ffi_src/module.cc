@@ -156,12 +156,6 @@ NB_MODULE(_ffi, m) {
     return DefaultTactic(ProblemFromDict(d), ParsePlatform(platform));
   });
   m.def(
-      "default_gemm2_tactic",
-      [](const nb::dict& d, const std::string& platform, int64_t gemm1) {
-        return DefaultGemm2Tactic(ProblemFromDict(d), ParsePlatform(platform), gemm1);
-      },
-      "The row GEMM2 runs when GEMM1 runs the given (default or tuned) row.");
-  m.def(
       "gemm2_tactic_invalid_reason",
       [](const nb::dict& d, const std::string& platform, int64_t gemm1, int64_t gemm2) {
         MoeProblem p = ProblemFromDict(d);

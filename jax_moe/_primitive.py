@@ -64,9 +64,9 @@ def _lowering(platform: str):
                 "this version has none): run on the CPU or use jax_moe.reference."
             )
         tactic = tactics.resolve(problem, attrs["tactic"], platform)
-        gemm2 = attrs["gemm2_tactic"]
+        gemm2 = attrs["gemm2_tactic"]  # -1: the same row as GEMM1
         if tactic_is_hint and tactics.invalid_reason(problem, tactic, platform):
-            tactic, gemm2 = tactics.default_tactic(problem, platform), tactics.AUTO  # tuned for another platform
+            tactic, gemm2 = tactics.default_tactic(problem, platform), -1  # tuned for another platform
         reason = tactics.invalid_reason(problem, tactic, platform)
         if reason:
             raise ValueError(
@@ -74,8 +74,7 @@ def _lowering(platform: str):
                 f"{platform} tactic (see jax_moe.valid_tactics(problem, {platform!r})) or "
                 f"tactic=None for the platform's default."
             )
-        gemm2 = tactics.resolve_gemm2(problem, tactic, gemm2, platform)
-        reason = tactics.gemm2_invalid_reason(problem, tactic, gemm2, platform)
+        reason = tactics.gemm2_invalid_reason(problem, tactic, gemm2, platform) if gemm2 >= 0 else ""
         if reason:
             raise ValueError(f"fp4_moe: {reason} (lowering for {platform!r})")
         return jax.ffi.ffi_lowering(target)(ctx, *args, **{**attrs, "tactic": tactic, "gemm2_tactic": gemm2})
@@ -111,9 +110,7 @@ def _batch(args, dims, *, target: str, problem: MoEProblem, tactic_is_hint: bool
         big = problem.with_tokens(size * problem.num_tokens)
         tactic, gemm2 = attrs["tactic"], attrs["gemm2_tactic"]
         if tactic != tactics.AUTO and tactics.invalid_reason(big, tactic, tactics.tactic_platform(tactic)):
-            tactic, gemm2 = tactics.AUTO, tactics.AUTO
-        elif tactic_is_hint and tactic != tactics.AUTO:
-            gemm2 = tactics.AUTO  # the per-GEMM default for the folded token count
+            tactic, gemm2 = tactics.AUTO, -1
         outs = fp4_moe_p.bind(*flat, target=target, problem=big, tactic_is_hint=tactic_is_hint,
                               **{**attrs, "tactic": tactic, "gemm2_tactic": gemm2})
         out, ids, weights, ws = outs
@@ -142,8 +139,8 @@ def ffi_attributes(problem: MoEProblem, *, routed_scaling_factor: float, swiglu_
                    gemm2_tactic: int | None = None) -> dict:
     """The typed static attributes of the custom call (see MoeAttrs in ffi_glue.h).
 
-    `gemm2_tactic`: GEMM2's row; None: the same as `tactic`; `tactics.AUTO`:
-    resolved when lowering to `tactics.default_gemm2_tactic` of the tactic.
+    `gemm2_tactic`: GEMM2's row; None: the same as `tactic` (whatever it
+    resolves to when lowering), sent as -1.
     """
     return dict(
         routing_method=int(problem.routing_method),
@@ -162,7 +159,7 @@ def ffi_attributes(problem: MoEProblem, *, routed_scaling_factor: float, swiglu_
         routing_weight_on_input=bool(problem.routing_weight_on_input),
         do_finalize=bool(problem.do_finalize),
         tactic=int(tactic),
-        gemm2_tactic=int(tactic if gemm2_tactic is None else gemm2_tactic),
+        gemm2_tactic=-1 if gemm2_tactic is None else int(gemm2_tactic),
     )
 
 

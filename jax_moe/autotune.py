@@ -431,16 +431,13 @@ def _synthetic_call(op: str, problem: MoEProblem, attrs: dict[str, Any], key, we
         kw["b2"] = 0.1 * jax.random.normal(next(ks), (El, H), jnp.float32)
     if p.act_format == Format.NVFP4:
         kw["h_global_scale"] = jnp.float32(448.0 * 6.0 / 8.0)
-    # Each candidate is timed with the GEMM2 row a tuned tactic gets when it is used.
-    gemm2_of = lambda t: tactics.default_gemm2_tactic(p, t, tactics.tactic_platform(t))
     if p.routed:
         # Valid, distinct top-k ids per token and positive weights.
         ids = jnp.argsort(jax.random.uniform(next(ks), (variants, T, E)), axis=-1)[..., :K].astype(jnp.int32)
         rw = jax.random.uniform(next(ks), (variants, T, K), jnp.float32, 0.1, 1.0)
         route = [(ids[v], rw[v]) for v in range(variants)]
         kw["num_experts"] = E
-        call = lambda h, r, w13, w2, t: fp4_moe_routed(h, r[0], r[1], w13, w2, **kw, tactic=t,
-                                                        gemm2_tactic=gemm2_of(t))
+        call = lambda h, r, w13, w2, t: fp4_moe_routed(h, r[0], r[1], w13, w2, **kw, tactic=t)
     else:
         logits = 2.0 * jax.random.normal(next(ks), (variants, T, E), jnp.float32)  # spread: realistic top-k
         route = [(logits[v],) for v in range(variants)]
@@ -448,7 +445,7 @@ def _synthetic_call(op: str, problem: MoEProblem, attrs: dict[str, Any], key, we
                   routed_scaling_factor=attrs["routed_scaling_factor"])
         if p.has_routing_bias:
             kw["routing_bias"] = 0.1 * jax.random.normal(next(ks), (E,), jnp.float32)
-        call = lambda h, r, w13, w2, t: fp4_moe(h, r[0], w13, w2, **kw, tactic=t, gemm2_tactic=gemm2_of(t))
+        call = lambda h, r, w13, w2, t: fp4_moe(h, r[0], w13, w2, **kw, tactic=t)
 
     def make(tactic: int, repeats: int = 1):
         if repeats > variants:
@@ -597,8 +594,7 @@ def _tune_one(op: str, problem: MoEProblem, attrs: dict[str, Any], bucket: int, 
             if timed[best][0] < timed[default][0] - spread:
                 chosen = best
     per_call = lambda t: max(timed[t][0] - overhead, 0.0) / calls * 1e6 if t in timed else float("nan")
-    gemm2 = tactics.default_gemm2_tactic(problem, chosen, platform)
-    row = dict(bucket=bucket, tactic=chosen, name=table[chosen].name, gemm2_name=table[gemm2].name, default=default,
+    row = dict(bucket=bucket, tactic=chosen, name=table[chosen].name, default=default,
                time_us=per_call(chosen), default_time_us=per_call(default),
                gain=per_call(default) / per_call(chosen) if chosen in timed else 1.0,
                times_us={table[t].name: per_call(t) for t in timed}, overhead_us=overhead * 1e6,

@@ -165,11 +165,7 @@ def _moe(hidden_states, routing_operands, w13, w2, *, routed, top_k, num_experts
         if reason:
             names = ", ".join(f"{t.id} ({t.name})" for t in tactics.valid_tactics(problem))
             raise ValueError(f"tactic: {reason}; valid tactics for this problem: {names}")
-    if gemm2_tactic is None:
-        # Tuned or default: GEMM2's row follows from GEMM1's when lowering
-        # (tactics.default_gemm2_tactic); an explicit tactic runs both GEMMs.
-        gemm2_tactic = tactics.AUTO if tactic_is_hint else tactic
-    else:
+    if gemm2_tactic is not None:  # (None: GEMM2 runs GEMM1's row)
         if tactic_is_hint:
             _fail("gemm2_tactic", "None unless tactic is given too", repr(gemm2_tactic))
         gemm2_tactic = _static_int("gemm2_tactic", gemm2_tactic, 0)
@@ -283,9 +279,7 @@ def fp4_moe(
         its cache, or tuned now inside `jax_moe.autotune()`), else the
         heuristic default of the platform the computation lowers to.
       gemm2_tactic: the row GEMM2 runs (static; needs an explicit `tactic`
-        of the same token tile). None: the same as `tactic`; with
-        tactic=None both rows come from the autotuner / the default, which
-        choose GEMM2's row on its own at decode loads.
+        of the same token tile). None: the same row as GEMM1.
 
     Returns:
       bf16 [..., H] (do_finalize) or the tuple described above.

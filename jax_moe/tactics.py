@@ -146,40 +146,21 @@ def tuning_candidates(problem: MoEProblem, platform: str | None = None, *,
     return ids
 
 
-def default_gemm2_tactic(problem: MoEProblem, tactic: int, platform: str | None = None) -> int:
-    """The row GEMM2 runs when GEMM1 runs `tactic` as the default or the tuned choice.
-
-    At decode loads (<= 1 token per expert) a staged ring row and its
-    warps-along-K twin are chosen per GEMM (`DefaultGemm2Tactic` in
-    ffi_src/common/tactics.cc); otherwise `tactic` itself.
-    """
-    return int(_extension.module().default_gemm2_tactic(problem.to_dict(), _platform(platform), int(tactic)))
-
-
 def gemm2_invalid_reason(problem: MoEProblem, tactic: int, gemm2_tactic: int, platform: str | None = None) -> str:
     """'' if GEMM2 can run `gemm2_tactic` after GEMM1 ran `tactic` (same token tile), else why not."""
     return _extension.module().gemm2_tactic_invalid_reason(problem.to_dict(), _platform(platform), int(tactic),
                                                            int(gemm2_tactic))
 
 
-def resolve_gemm2(problem: MoEProblem, tactic: int, gemm2_tactic: int, platform: str) -> int:
-    """`gemm2_tactic`, or, when it is AUTO, the row `default_gemm2_tactic` gives for `tactic`."""
-    return default_gemm2_tactic(problem, tactic, platform) if gemm2_tactic == AUTO else int(gemm2_tactic)
-
-
 def workspace_bytes(problem: MoEProblem, tactic: int, gemm2_tactic: int | None = None) -> int:
     """Bytes of the scratch output the handler needs for `problem` under `tactic`.
 
-    `gemm2_tactic`: GEMM2's row (None: the same as `tactic`; AUTO: the one
-    `default_gemm2_tactic` gives). For tactic AUTO: the largest need over
-    the built platforms' defaults, since the platform is only known when
-    lowering (handlers accept a larger workspace).
+    `gemm2_tactic`: GEMM2's row (None or -1: the same as `tactic`). For
+    tactic AUTO: the largest need over the built platforms' defaults, since
+    the platform is only known when lowering (handlers accept a larger workspace).
     """
     if tactic == AUTO:
-        return max(workspace_bytes(problem, t, default_gemm2_tactic(problem, t, p))
-                   for p in built_platforms() for t in [default_tactic(problem, p)])
-    if gemm2_tactic == AUTO:
-        gemm2_tactic = default_gemm2_tactic(problem, tactic, tactic_platform(tactic))
+        return max(workspace_bytes(problem, default_tactic(problem, p)) for p in built_platforms())
     second = -1 if gemm2_tactic is None else int(gemm2_tactic)
     return int(_extension.module().workspace_bytes(problem.to_dict(), int(tactic), second))
 

@@ -231,21 +231,6 @@ def test_gemm2_runs_its_own_row(first, second, T, H, I):
         _check(case, tactic=tactics.tactic_id(first), gemm2_tactic=tactics.tactic_id(second))
 
 
-def test_default_picks_gemm2_row_on_its_own():
-    """At T = 1 with a short GEMM1 K and a long GEMM2 K (96 K blocks on 8 blocks)
-    the default runs GEMM1 with warps along K and GEMM2 with the ring row split
-    4 ways (tactics.cc PreferWarpsK); the result matches the reference."""
-    case = make_case(T=1, H=512, I=12288, E=8, top_k=2)
-    problem = jax_moe.MoEProblem(1, 512, 12288, 8, 8, 2)
-    first = jax_moe.default_tactic(problem, "cuda")
-    second = jax_moe.tactics.default_gemm2_tactic(problem, first, "cuda")
-    table = jax_moe.tactics.tactic_table()
-    assert (table[first].warps_k, table[second].warps_k) == (2, 1), (table[first].name, table[second].name)
-    launches, _ = _split_k_stats()
-    _check(case)
-    assert _split_k_stats()[0] > launches, "GEMM2's ring row should split K"
-
-
 def test_split_k_is_bitwise_deterministic():
     """The last split adds the partials in split order: repeated runs agree
     bitwise whichever split finishes last, and match the reference."""

@@ -65,7 +65,7 @@ int64_t FirstCudaTactic() {
 
 // Bumped whenever a kernel changes how fast a row runs without changing the
 // row (e.g. split-K launches): tuned caches from before are then ignored.
-constexpr const char* kKernelRevision = "2026-12-03 GEMM2 row chosen on its own at decode loads";
+constexpr const char* kKernelRevision = "2026-12-02 warps along K: the decode default";
 
 uint64_t TacticTableHash() {
   uint64_t h = 1469598103934665603ull;
@@ -235,41 +235,39 @@ bool ReplacedByTwin(const MoeProblem& p, const Tactic& t) {
 // measured winner among them; the others lost or tied it at every T = 1 / 8
 // row, NOTES v10).
 bool PrunedByMeasurement(const Tactic& t) { return t.warps_k > 1; }
-// The decode default (average expert load <= 1 token), chosen per GEMM: the
-// staged ring row `best` becomes its twin with two warps along K and a
-// 3-deep ring (same tile) unless `best` would split that GEMM's K 4 or more
-// ways across blocks, which the warps-along-K rows cannot, and, for GEMM1,
-// unless its grid exceeds 3 blocks per SM. Why the GEMMs differ: GEMM1's
-// twin needs 120 KB of ring (one block of 8 warps per SM) where the ring row
-// fits two blocks of 4 warps, whose prologues and epilogues overlap once the
-// grid holds many blocks per SM; GEMM2's twin (60 KB) keeps 3 blocks of 8
-// warps per SM against the ring row's 5 of 4, as many warps or more at any
-// grid. Measured on an H200 (stage timer, benchmarks/NOTES.md v10, b2a3f56,
-// NVFP4): T = 1 Qwen3-30B-A3B 55.8 -> 44.6 us, gpt-oss-120b 79.9 -> 66.9,
-// DeepSeek-V3 147.2 -> 125.2 (whose GEMM1 the ring row splits 2 ways);
-// Mixtral-8x7B GEMM2 (64 blocks, 112 K blocks, split 4 ways) 50.1 -> 85.9
-// with the twin, its GEMM1 (224 blocks) 95.7 -> 92.6; T = 8 GEMM1 of
-// gpt-oss-120b / DeepSeek-V3 (650-900 blocks) 178 -> 187 / 382 -> 398 with
-// the twin, their GEMM2 70-78 -> 73 / 174-181 -> 154-165, Qwen3 (~300 blocks)
-// both GEMMs faster. The SM count is not known here: grids are estimated
-// for 132 SMs (H100 / H200) and the experts a call touches for uniform routing.
+// The decode default (average expert load <= 1 token): the staged row `best`
+// becomes its twin with two warps along K and a 3-deep ring (same tile) while
+// the smaller GEMM grid stays within 3 blocks per SM, unless `best` would
+// split a GEMM's K 4 or more ways across blocks, which the warps-along-K rows
+// cannot. Measured on an H200 (stage timer, benchmarks/NOTES.md v10, b2a3f56,
+// NVFP4 pipeline): T = 1 Qwen3-30B-A3B 55.8 -> 44.6 us, gpt-oss-120b 79.9 ->
+// 66.9, DeepSeek-V3 147.2 -> 125.2 (whose GEMM1 the ring row splits 2 ways);
+// Mixtral-8x7B (GEMM2: 64 blocks, 112 K blocks, split 4 ways) 150.7 -> 185.2;
+// T = 8 Qwen3 134.7 -> 114.8 (GEMM1 ~300 blocks), but gpt-oss-120b 256 -> 268
+// and DeepSeek-V3 566 -> 573 (MXFP4: +10%, +9%) with 650-900 blocks. The SM
+// count is not known here: grids are estimated for 132 SMs (H100 / H200) and
+// the experts a call touches for uniform routing.
 constexpr double kNominalSms = 132;
 constexpr double kWarpsKMaxBlocksPerSm = 3;
 constexpr int64_t kSplitsWarpsKCannotReplace = 4;
-int64_t PreferWarpsK(const MoeProblem& p, int64_t best, bool gemm2) {
+int64_t PreferWarpsK(const MoeProblem& p, int64_t best) {
   const auto& table = TacticTable();
   const Tactic& b = table[best];
-  if (b.family != KernelFamily::kCudaMmaSwapAB || b.warps_k > 1 || b.weight_stages == 0 || !RingPreferred(p))
-    return best;
+  if (b.family != KernelFamily::kCudaMmaSwapAB || b.warps_k > 1 || !RingPreferred(p)) return best;
   const double e = static_cast<double>(p.num_local_experts);
   const double touched = e * (1.0 - std::pow(1.0 - 1.0 / e, static_cast<double>(p.expanded())));
+  const int64_t limit = SplitKLimit(p, b);
   // GEMM1: I features (gate and up of each in one block) over K = H; GEMM2: H over K = I.
-  const int64_t n = gemm2 ? p.hidden_size : p.intermediate_size, k = gemm2 ? p.intermediate_size : p.hidden_size;
-  const double blocks = std::ceil(touched * static_cast<double>((n + b.tile_n - 1) / b.tile_n));
-  if (KSplits(static_cast<int64_t>(blocks), static_cast<int64_t>(kNominalSms), SplitKLimit(p, b), (k + 127) / 128) >=
-      kSplitsWarpsKCannotReplace)
-    return best;
-  if (!gemm2 && blocks > kWarpsKMaxBlocksPerSm * kNominalSms) return best;
+  const int64_t gemms[2][2] = {{p.intermediate_size, p.hidden_size}, {p.hidden_size, p.intermediate_size}};
+  double smallest_grid = 0;
+  for (const auto& g : gemms) {
+    const double blocks = std::ceil(touched * static_cast<double>((g[0] + b.tile_n - 1) / b.tile_n));
+    if (smallest_grid == 0 || blocks < smallest_grid) smallest_grid = blocks;
+    if (KSplits(static_cast<int64_t>(blocks), static_cast<int64_t>(kNominalSms), limit, (g[1] + 127) / 128) >=
+        kSplitsWarpsKCannotReplace)
+      return best;
+  }
+  if (smallest_grid > kWarpsKMaxBlocksPerSm * kNominalSms) return best;
   for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i)
     if (SameTile(table[i], b) && table[i].warps_k == 2 && table[i].weight_stages == 3) return i;
   return best;
@@ -309,22 +307,8 @@ int64_t DefaultTactic(const MoeProblem& p, Platform platform) {
       best_gap = gap;
     }
   }
-  if (platform == Platform::kCuda && !prefill && best >= 0) best = PreferWarpsK(p, best, false);
+  if (platform == Platform::kCuda && !prefill && best >= 0) best = PreferWarpsK(p, best);
   return best;
-}
-
-int64_t DefaultGemm2Tactic(const MoeProblem& p, Platform platform, int64_t gemm1) {
-  const auto& table = TacticTable();
-  if (platform != Platform::kCuda || gemm1 < 0 || gemm1 >= static_cast<int64_t>(table.size())) return gemm1;
-  const Tactic& t = table[gemm1];
-  // Only a ring row (or its warps-along-K twin) at decode loads: GEMM2 then
-  // runs whichever of the ring row and its twin PreferWarpsK picks for it.
-  if (t.family != KernelFamily::kCudaMmaSwapAB || t.weight_stages == 0 || !RingPreferred(p)) return gemm1;
-  for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i)
-    if (SameTile(table[i], t) && table[i].warps_k == 1 && table[i].weight_stages > 0 &&
-        TacticInvalidReason(p, platform, i).empty())
-      return PreferWarpsK(p, i, true);
-  return gemm1;
 }
 
 std::vector<int64_t> TuningCandidates(const MoeProblem& p, Platform platform, bool exhaustive) {

@@ -161,11 +161,6 @@ inline int64_t Gemm2Tactic(const MoeProblem& p) { return p.gemm2_tactic < 0 ? p.
 // permuted layout and the workspace are planned from GEMM1's tile), else why not.
 std::string Gemm2TacticInvalidReason(const MoeProblem& p, Platform platform);
 
-// The row GEMM2 runs when GEMM1 runs `gemm1` and the caller named no row for
-// GEMM2 (the default and the tuned tactics): a decode-sized staged ring row
-// or its warps-along-K twin is chosen per GEMM (tactics.cc says why), every
-// other row runs both GEMMs.
-int64_t DefaultGemm2Tactic(const MoeProblem& p, Platform platform, int64_t gemm1);
 
 // The tactics the autotuner times for `p`: the default first, then the valid,
 // non-experimental tactics the pruning rule (tactics.cc) keeps, or every one
