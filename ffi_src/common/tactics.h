@@ -161,7 +161,6 @@ inline int64_t Gemm2Tactic(const MoeProblem& p) { return p.gemm2_tactic < 0 ? p.
 // permuted layout and the workspace are planned from GEMM1's tile), else why not.
 std::string Gemm2TacticInvalidReason(const MoeProblem& p, Platform platform);
 
-
 // The tactics the autotuner times for `p`: the default first, then the valid,
 // non-experimental tactics the pruning rule (tactics.cc) keeps, or every one
 // of those when `exhaustive`. Empty only if the platform has no tactic at all.
