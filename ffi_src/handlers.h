@@ -25,6 +25,7 @@ struct HandlerStats {
   int64_t captured_calls;
   int64_t split_k_launches;  // GEMM launches with K split across blocks
   int64_t max_k_splits;      // the most splits any of them used
+  int64_t wgmma_rs_launches; // GEMM launches of the register-A wgmma kernel (not its fallback)
 };
 HandlerStats GetHandlerStats();
 }  // namespace jax_moe::cuda

@@ -59,7 +59,7 @@ nb::dict Enums() {
   nb::dict family;
   for (KernelFamily f : {KernelFamily::kCpuBlocked, KernelFamily::kCudaMmaSwapAB, KernelFamily::kCudaStreamSplitK,
                          KernelFamily::kCudaWgmmaSwapAB, KernelFamily::kCudaWgmmaWarpSpecialized,
-                         KernelFamily::kCudaWgmmaWsTwoProducers})
+                         KernelFamily::kCudaWgmmaWsTwoProducers, KernelFamily::kCudaWgmmaRs})
     family[FamilyName(f)] = static_cast<int64_t>(f);
   out["KernelFamily"] = family;
   return out;
@@ -196,6 +196,7 @@ NB_MODULE(_ffi, m) {
         d["captured_calls"] = s.captured_calls;
         d["split_k_launches"] = s.split_k_launches;
         d["max_k_splits"] = s.max_k_splits;
+        d["wgmma_rs_launches"] = s.wgmma_rs_launches;
         return d;
       },
       "Calls of the CUDA handlers, how many ran under CUDA-graph capture, and the GEMM launches "

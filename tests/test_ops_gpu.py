@@ -100,7 +100,8 @@ def test_every_cuda_tactic(shape, tactic):
 
 
 _FAMILIES = {"staged": "cuda_mma_swap_ab", "stream": "cuda_stream_split_k"}
-_WGMMA_FAMILIES = ["cuda_wgmma_swap_ab", "cuda_wgmma_warp_specialized", "cuda_wgmma_ws_two_producers"]
+_WGMMA_FAMILIES = ["cuda_wgmma_swap_ab", "cuda_wgmma_warp_specialized", "cuda_wgmma_ws_two_producers",
+                   "cuda_wgmma_rs"]
 
 
 def _family_tactics(family: str, tactic_list=None):
@@ -258,6 +259,45 @@ def test_wgmma_family_every_format(tactic, wfmt, afmt):
     case = make_case(T=300, H=1056, I=352, E=8, top_k=2, weight_format=wfmt, act_format=afmt,
                      activation=Activation.SWIGLU_OAI, biases=True)
     _check(case, tactic=tactic)
+
+
+def _wgmma_rs_launches():
+    return _extension.module().cuda_handler_stats()["wgmma_rs_launches"]
+
+
+# (T, H, I): H and I multiples of 64 (the register-A kernel's own path, not its
+# fallback). H = 1088: 17 K stages of GEMM1, 4.25 feature blocks of 256 in
+# GEMM2; I = 320: 2.5 feature blocks of 128 in GEMM1 (the second consumer of
+# the last block idle), 5 K stages in GEMM2 (fewer than the ring's 6);
+# I = 192: 3 stages, fewer than the 4 the producer keeps in flight; T = 1:
+# one live token in a 128-row tile; T = 900 with 8 experts: several tiles
+# per expert.
+_RS_SHAPES = [(300, 1088, 320), (37, 1024, 192), (1, 2048, 768), (900, 512, 256)]
+
+
+@pytest.mark.parametrize("wfmt", (Format.NVFP4, Format.MXFP4), ids=lambda v: v.name.lower())
+@pytest.mark.parametrize("T,H,I", _RS_SHAPES, ids=[f"T{t}_H{h}_I{i}" for t, h, i in _RS_SHAPES])
+def test_wgmma_rs_kernel(T, H, I, wfmt):
+    """The register-A cp.async wgmma rows on their own path (bf16 activations,
+    K % 64 == 0; the handler's counter proves it ran): biases and the gpt-oss
+    activation, partial feature blocks, short K rings."""
+    case = make_case(T=T, H=H, I=I, E=8, top_k=2, weight_format=wfmt, act_format=Format.BF16,
+                     activation=Activation.SWIGLU_OAI, biases=True)
+    for t in _family_tactics("cuda_wgmma_rs"):
+        launches = _wgmma_rs_launches()
+        _check(case, tactic=t.id)
+        assert _wgmma_rs_launches() >= launches + 2, "both GEMMs should run the register-A kernel"
+
+
+def test_wgmma_rs_falls_back_outside_its_scope():
+    """MXFP8 activations, or K % 64 != 0: the rows run the warp-specialised
+    kernel of the same tile (and still match the reference)."""
+    for afmt, H in ((Format.MXFP8, 1024), (Format.BF16, 1056)):
+        case = make_case(T=150, H=H, I=352, E=8, top_k=2, act_format=afmt)
+        for t in _family_tactics("cuda_wgmma_rs"):
+            launches = _wgmma_rs_launches()
+            _check(case, tactic=t.id)
+            assert _wgmma_rs_launches() == launches
 
 
 @pytest.mark.parametrize("T,routing", [(1, RoutingMethod.RENORMALIZE), (700, RoutingMethod.DEEPSEEK_V3)])

@@ -29,6 +29,10 @@ const std::vector<Tactic>& TacticTable() {
    64, 64 * stages, 0},
       JAX_MOE_CUDA_WGMMA_WS_TACTICS(JAX_MOE_CUDA_WGMMA_WS_ROW)
 #undef JAX_MOE_CUDA_WGMMA_WS_ROW
+#define JAX_MOE_CUDA_WGMMA_RS_ROW(name, tt, stages) \
+  {#name, Platform::kCuda, KernelFamily::kCudaWgmmaRs, tt, 128, tt, 64 * stages, 0},
+      JAX_MOE_CUDA_WGMMA_RS_TACTICS(JAX_MOE_CUDA_WGMMA_RS_ROW)
+#undef JAX_MOE_CUDA_WGMMA_RS_ROW
   };
   return table;
 }
@@ -41,7 +45,8 @@ bool IsExperimental(KernelFamily family) {
   // tests on 2026-12-01 (session 8, 513acc3) but stay out until their speed
   // is measured: the tuner's time budget has no room for a candidate that
   // may not win (benchmarks/NOTES.md v5).
-  return family == KernelFamily::kCudaWgmmaWsTwoProducers;
+  // The register-A rows (2026-12-03, session 15) start here.
+  return family == KernelFamily::kCudaWgmmaWsTwoProducers || family == KernelFamily::kCudaWgmmaRs;
 }
 
 const char* FamilyName(KernelFamily family) {
@@ -52,6 +57,7 @@ const char* FamilyName(KernelFamily family) {
     case KernelFamily::kCudaWgmmaSwapAB: return "cuda_wgmma_swap_ab";
     case KernelFamily::kCudaWgmmaWarpSpecialized: return "cuda_wgmma_warp_specialized";
     case KernelFamily::kCudaWgmmaWsTwoProducers: return "cuda_wgmma_ws_two_producers";
+    case KernelFamily::kCudaWgmmaRs: return "cuda_wgmma_rs";
   }
   return "unknown";
 }
@@ -192,7 +198,7 @@ constexpr double kWgmmaDefaultLoad = 120.0;
 
 bool IsWgmmaFamily(KernelFamily f) {
   return f == KernelFamily::kCudaWgmmaSwapAB || f == KernelFamily::kCudaWgmmaWarpSpecialized ||
-         f == KernelFamily::kCudaWgmmaWsTwoProducers;
+         f == KernelFamily::kCudaWgmmaWsTwoProducers || f == KernelFamily::kCudaWgmmaRs;
 }
 
 // The tile the wgmma families aim at: the load itself (no cap at 32), held

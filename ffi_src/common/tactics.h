@@ -31,6 +31,9 @@ enum class KernelFamily : int64_t {
   kCudaWgmmaWsTwoProducers = 5,  // CUDA (sm_90a): the same kernel with two producer
                                  // warpgroups sharing each stage's decode, registers moved
                                  // to the consumers with setmaxnreg
+  kCudaWgmmaRs = 6,  // CUDA (sm_90a): wgmma m64n128k16 with A = FP4 weights decoded in the
+                     // consumers' registers; a producer warpgroup only issues cp.async of
+                     // the packed weights and the raw bf16 token tile (prefill)
 };
 
 // The CUDA rows, once: the table (tactics.cc) and the kernel instantiations
@@ -94,6 +97,16 @@ enum class KernelFamily : int64_t {
   X(cuda_wgmma_ws_t64,   64, 4, 1)        \
   X(cuda_wgmma_ws_t128, 128, 4, 1)        \
   X(cuda_wgmma_ws2_t128, 128, 4, 2)
+
+// The register-A cp.async wgmma rows (cuda/gemm_wgmma_rs.cuh), after the
+// warp-specialised rows:
+//   X(name, tile_tokens, stages)
+// One block covers 128 (GEMM1) / 256 (GEMM2) output features and 128 tokens;
+// `stages` 64-element K stages of packed weights + raw tokens in the ring.
+// Problems the kernel does not cover (activations not bf16, K % 64 != 0)
+// run the warp-specialised kernel of the same tile.
+#define JAX_MOE_CUDA_WGMMA_RS_TACTICS(X) \
+  X(cuda_wgmma_rs_t128, 128, 6)
 // clang-format on
 
 struct Tactic {

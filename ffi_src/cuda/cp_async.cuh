@@ -14,9 +14,13 @@ namespace jax_moe::cuda {
 
 // 16 bytes, bypassing L1 (weights are read once). `src` must be 16-byte
 // aligned and readable for src_bytes (0..16) bytes.
+// (The destination as a shared-window address, for kernels that keep
+// addresses of a dynamic ring rather than pointers.)
+__device__ __forceinline__ void CpAsync16Shared(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
 __device__ __forceinline__ void CpAsync16(void* dst, const void* src, int src_bytes) {
-  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+  CpAsync16Shared(static_cast<uint32_t>(__cvta_generic_to_shared(dst)), src, src_bytes);
 }
 
 // 4 bytes through L1 (block scales: neighbouring lanes read the same words).

@@ -30,6 +30,20 @@ __device__ __forceinline__ void DecodeE2m1x8(uint32_t codes, uint32_t (&out)[4])
   }
 }
 
+// Byte q of `word` (elements 2q and 2q + 1 in natural K order: the low nibble
+// first) -> one bf16x2 word (element 2q, element 2q + 1), each equal to value
+// * 2^-126 as in DecodeE2m1x8. `sel` = E2m1ByteSelector(q): one PRMT brings
+// the byte's low nibble to bits 0..3 and (from word >> 4) its high nibble to
+// bits 16..19, the pair form DecodeE2m1x8's multiply places in one step. The
+// register-A wgmma family uses it: its token tile is copied into shared
+// memory raw, so the weight fragments must follow the natural K order.
+__device__ __forceinline__ uint32_t E2m1ByteSelector(int q) { return static_cast<uint32_t>(q) | ((4u + q) << 8); }
+__device__ __forceinline__ uint32_t DecodeE2m1Byte(uint32_t word, uint32_t sel) {
+  uint32_t x;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(x) : "r"(word), "r"(word >> 4), "r"(sel));
+  return ((x & 0x000f000fu) * ((1u << 12) + (1u << 6))) & 0x81c081c0u;
+}
+
 // bf16x2 multiply, round to nearest (subnormals kept: no flush on bf16 ops).
 __device__ __forceinline__ uint32_t MulBf16x2(uint32_t a, uint32_t b) {
   uint32_t d;

@@ -355,12 +355,16 @@ __device__ __forceinline__ float WarpMaxOverRows(float v) {
   return v;
 }
 
-// The epilogue both GEMM kernels share, for one warp's accumulators
-// acc[m-tile][n-tile][4] (features feat0 + 16*mt + g + 8*(i>>1), token
+// The epilogue every GEMM kernel shares, for one warp's accumulators
+// acc[m-tile][n-tile][4] (features feat0 + kMtStride*mt + g + 8*(i>>1), token
 // columns col0 + 8*nt + 2q + (i&1) of the tile whose permuted rows start at
 // row0): fp32 global scales, bias, weight-on-input, gated activation and the
-// h re-quantization (GEMM1), or the bf16 y rows (GEMM2).
-template <int kMT, int kNT, Format WF, GemmStage ST>
+// h re-quantization (GEMM1), or the bf16 y rows (GEMM2). GEMM1 pairs m-tile
+// p (gate) with m-tile kMT/2 + p (up), features feat0 + 16*p + ...; kMT = 4
+// (32 features a warp) is the layout of the mma.sync families, kMT = 2 (16
+// features) the register-A wgmma family's, which cannot re-quantize h to
+// MXFP8 (a block of 32 features spans two warps there) and never has to.
+template <int kMT, int kNT, Format WF, GemmStage ST, int kMtStride = 16>
 __device__ __forceinline__ void GemmEpilogue(const GemmArgs& a, const float (&acc)[kMT][kNT][4],
                                              const bool (&mt_valid)[kMT], const int32_t* s_expanded,
                                              int col0, int64_t row0, int feat0, int expert) {
@@ -378,7 +382,7 @@ __device__ __forceinline__ void GemmEpilogue(const GemmArgs& a, const float (&ac
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int col = col0 + nt * 8 + 2 * q + (i & 1);
-          const int feature = feat0 + 16 * mt + g + 8 * (i >> 1);
+          const int feature = feat0 + kMtStride * mt + g + 8 * (i >> 1);
           const int ex = s_expanded[col];
           if (ex < 0) continue;
           float v = acc[mt][nt][i] * scale;
@@ -389,9 +393,11 @@ __device__ __forceinline__ void GemmEpilogue(const GemmArgs& a, const float (&ac
     }
   } else {
     // hv[pair][nt][i]: features feat0 + 16*pair + g + 8*(i>>1), token col 2q + (i&1).
-    float hv[2][kNT][4];
+    constexpr int kPairs = kMT / 2;
+    static_assert(kPairs == 1 || kPairs == 2, "GEMM1: one or two gate/up m-tile pairs per warp");
+    float hv[kPairs][kNT][4];
 #pragma unroll
-    for (int pair = 0; pair < 2; ++pair)
+    for (int pair = 0; pair < kPairs; ++pair)
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
@@ -399,7 +405,7 @@ __device__ __forceinline__ void GemmEpilogue(const GemmArgs& a, const float (&ac
           const int col = col0 + nt * 8 + 2 * q + (i & 1);
           const int feature = feat0 + 16 * pair + g + 8 * (i >> 1);
           const int ex = s_expanded[col];
-          float gate = acc[pair][nt][i] * scale, up = acc[2 + pair][nt][i] * scale;
+          float gate = acc[pair][nt][i] * scale, up = acc[kPairs + pair][nt][i] * scale;
           if (a.weight_on_input && ex >= 0) {
             const float rw = a.topk_weights[ex];
             gate *= rw;
@@ -414,6 +420,9 @@ __device__ __forceinline__ void GemmEpilogue(const GemmArgs& a, const float (&ac
         }
     switch (a.act_format) {
       case Format::kMXFP8: {
+        if constexpr (kPairs != 2) {
+          __trap();  // the launcher never runs a 16-feature warp layout with MXFP8 h
+        } else {
         // One block of 32 features = this warp's 32 features (I % 32 == 0).
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt)
@@ -421,7 +430,7 @@ __device__ __forceinline__ void GemmEpilogue(const GemmArgs& a, const float (&ac
           for (int c = 0; c < 2; ++c) {
             float amax = 0.0f;
 #pragma unroll
-            for (int pair = 0; pair < 2; ++pair)
+            for (int pair = 0; pair < kPairs; ++pair)
 #pragma unroll
               for (int half = 0; half < 2; ++half) amax = fmaxf(amax, fabsf(hv[pair][nt][2 * half + c]));
             amax = WarpMaxOverRows(amax);
@@ -433,19 +442,20 @@ __device__ __forceinline__ void GemmEpilogue(const GemmArgs& a, const float (&ac
             const int64_t row = row0 + col;
             uint8_t* dst = a.h + row * a.h_row_bytes;
 #pragma unroll
-            for (int pair = 0; pair < 2; ++pair)
+            for (int pair = 0; pair < kPairs; ++pair)
 #pragma unroll
               for (int half = 0; half < 2; ++half)
                 dst[feat0 + 16 * pair + g + 8 * half] = FloatToE4m3(hv[pair][nt][2 * half + c] * inv);
             if (g == 0) a.h_scale[row * a.h_scale_row_bytes + feat0 / 32] = sf;
           }
+        }
         break;
       }
       case Format::kNVFP4: {
         // One block of 16 features = one m-tile; nibble pairs (g, g+1) meet via a shuffle.
         const float G = a.h_global[0];
 #pragma unroll
-        for (int pair = 0; pair < 2; ++pair)
+        for (int pair = 0; pair < kPairs; ++pair)
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
@@ -472,7 +482,7 @@ __device__ __forceinline__ void GemmEpilogue(const GemmArgs& a, const float (&ac
       }
       default: {
 #pragma unroll
-        for (int pair = 0; pair < 2; ++pair) {
+        for (int pair = 0; pair < kPairs; ++pair) {
           if (!mt_valid[pair]) continue;
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt)

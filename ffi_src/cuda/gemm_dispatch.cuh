@@ -1,6 +1,7 @@
 // Tactic id -> compiled GEMM instantiation. The table of function pointers is
 // expanded from JAX_MOE_CUDA_TACTICS, JAX_MOE_CUDA_STREAM_TACTICS then
-// JAX_MOE_CUDA_WGMMA_TACTICS, JAX_MOE_CUDA_WGMMA_WS_TACTICS, the
+// JAX_MOE_CUDA_WGMMA_TACTICS, JAX_MOE_CUDA_WGMMA_WS_TACTICS,
+// JAX_MOE_CUDA_WGMMA_RS_TACTICS, the
 // same lists in the same order the tactic table is built from, so ids and
 // kernels cannot drift apart.
 #pragma once
@@ -15,6 +16,7 @@
 #include "cuda/gemm_mma.cuh"
 #include "cuda/gemm_stream.cuh"
 #include "cuda/gemm_wgmma.cuh"
+#include "cuda/gemm_wgmma_rs.cuh"
 #include "cuda/gemm_wgmma_ws.cuh"
 
 namespace jax_moe::cuda {
@@ -28,18 +30,22 @@ ffi::Error DispatchGemm(const GemmArgs& args, Format weight_format, int64_t tact
 #define JAX_MOE_STREAM_ENTRY(name, tt, tw) &LaunchStreamGemm<tt, tw, WF, ST>,
 #define JAX_MOE_WGMMA_ENTRY(name, tt, kc) &LaunchWgmmaGemm<tt, kc, WF, ST>,
 #define JAX_MOE_WGMMA_WS_ENTRY(name, tt, stages, producers) &LaunchWgmmaWsGemm<tt, stages, producers, WF, ST>,
+#define JAX_MOE_WGMMA_RS_ENTRY(name, tt, stages) &LaunchWgmmaRsGemm<tt, stages, WF, ST>,
   static constexpr GemmLaunchFn kNvfp4[] = {
 #define WF Format::kNVFP4
       JAX_MOE_CUDA_TACTICS(JAX_MOE_GEMM_ENTRY) JAX_MOE_CUDA_STREAM_TACTICS(JAX_MOE_STREAM_ENTRY)
           JAX_MOE_CUDA_WGMMA_TACTICS(JAX_MOE_WGMMA_ENTRY) JAX_MOE_CUDA_WGMMA_WS_TACTICS(JAX_MOE_WGMMA_WS_ENTRY)
+              JAX_MOE_CUDA_WGMMA_RS_TACTICS(JAX_MOE_WGMMA_RS_ENTRY)
 #undef WF
   };
   static constexpr GemmLaunchFn kMxfp4[] = {
 #define WF Format::kMXFP4
       JAX_MOE_CUDA_TACTICS(JAX_MOE_GEMM_ENTRY) JAX_MOE_CUDA_STREAM_TACTICS(JAX_MOE_STREAM_ENTRY)
           JAX_MOE_CUDA_WGMMA_TACTICS(JAX_MOE_WGMMA_ENTRY) JAX_MOE_CUDA_WGMMA_WS_TACTICS(JAX_MOE_WGMMA_WS_ENTRY)
+              JAX_MOE_CUDA_WGMMA_RS_TACTICS(JAX_MOE_WGMMA_RS_ENTRY)
 #undef WF
   };
+#undef JAX_MOE_WGMMA_RS_ENTRY
 #undef JAX_MOE_WGMMA_WS_ENTRY
 #undef JAX_MOE_WGMMA_ENTRY
 #undef JAX_MOE_STREAM_ENTRY

@@ -13,7 +13,7 @@
 #include "common/tactics.h"
 #include "common/workspace.h"
 #include "cuda/cuda_check.h"
-#include "cuda/split_k.cuh"
+#include "cuda/launch_counters.h"
 #include "cuda/stages.cuh"
 #include "handlers.h"
 
@@ -68,7 +68,8 @@ ffi::Error MoeCuda(cudaStream_t stream, ffi::RemainingArgs args, ffi::RemainingR
 }  // namespace
 
 HandlerStats GetHandlerStats() {
-  return HandlerStats{g_calls.load(), g_captured_calls.load(), g_split_k_launches.load(), g_max_k_splits.load()};
+  return HandlerStats{g_calls.load(), g_captured_calls.load(), g_split_k_launches.load(), g_max_k_splits.load(),
+                      g_wgmma_rs_launches.load()};
 }
 
 }  // namespace jax_moe::cuda

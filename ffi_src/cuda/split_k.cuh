@@ -23,13 +23,9 @@
 
 #include "common/tactics.h"
 #include "cuda/gemm_common.cuh"
+#include "cuda/launch_counters.h"
 
 namespace jax_moe::cuda {
-
-// GEMM launches that split K, and the most splits one used (host counters,
-// reported by cuda_handler_stats(): the tests check the split path ran).
-inline std::atomic<int64_t> g_split_k_launches{0};
-inline std::atomic<int> g_max_k_splits{1};
 
 namespace gemm_detail {
 

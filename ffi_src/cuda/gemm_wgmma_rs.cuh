@@ -1,0 +1,376 @@
+// The register-A, cp.async-fed wgmma grouped GEMM (KernelFamily::kCudaWgmmaRs):
+// the prefill family, for both GEMM1 (+ activation) and GEMM2, with the
+// staged family's epilogue.
+//
+// Why: the warp-specialised family (gemm_wgmma_ws.cuh) decodes every FP4
+// weight once per block in one producer warpgroup and writes it to shared
+// memory as bf16; profiled, its consumers waited on that producer (v3: 46%
+// of their time), and it reached 17-28% of the bf16 matmul rate. Here the
+// bytes are moved and the weights decoded where they are used:
+//   - warpgroup 0 (producer) only issues cp.async: each 64-element K stage
+//     of the block's 256 weight rows in their packed form (32 bytes a row,
+//     4x fewer than decoded) and of the token tile as raw bf16 (gathered by
+//     token for GEMM1, the permuted h rows for GEMM2) into a ring of kStages
+//     shared-memory stages; kStages - 2 stages are in flight while the
+//     consumers work on the oldest;
+//   - warpgroups 1 and 2 (consumers) each own 128 weight rows: per k16 step
+//     they read their packed rows from shared memory (8 bytes a row), decode
+//     the A fragments in registers (DecodeE2m1Byte + the block scale: one
+//     bf16 multiply) and issue wgmma m64n128k16 with A in registers and the
+//     128 tokens from shared memory (the 128-byte-swizzled layout the raw
+//     16-byte copies land in). A fragments are double-buffered: step s + 1 is
+//     decoded while step s's MMAs run (wait_group 1).
+// So the decode is paid once per 128 tokens, by the warps that multiply, and
+// overlaps the tensor cores; nothing decoded goes through shared memory.
+//
+// K order: the token tile sits in shared memory in natural K order (raw
+// copies), so the weights are decoded in natural order too: lane q takes
+// byte q of each 4-byte word (elements 2q, 2q + 1 of each 8-element chunk),
+// which is the m64nNk16 A fragment's (k = 2q, 2q + 1 | 2q + 8, 2q + 9).
+//
+// Tile: 128 tokens x 256 weight rows. GEMM1: consumer c, m-tile 0 = gate rows
+// of features F + 64c .. + 63 (F = 128 * blockIdx.y), m-tile 1 = their up
+// rows, so a thread holds gate and up of the same (feature, token) and
+// GemmEpilogue's one-pair layout (kMT = 2) applies. GEMM2: consumer c,
+// m-tile mt = output features F + 128c + 64mt .. + 63 (F = 256 * blockIdx.y).
+//
+// Scope: bf16 activations, K % 64 == 0 in both GEMMs (whole stages, 16-byte
+// aligned rows and aligned scale words). LaunchWgmmaRsGemm runs the
+// warp-specialised kernel of the same token tile for any other problem, so
+// the row serves every problem, like every other row.
+#pragma once
+
+#include <string_view>
+#include <type_traits>
+
+#include "cuda/cp_async.cuh"
+#include "cuda/dynamic_smem.cuh"
+#include "cuda/gemm_common.cuh"
+#include "cuda/gemm_wgmma_ws.cuh"
+#include "cuda/launch_counters.h"
+#include "cuda/wgmma.cuh"
+
+namespace jax_moe::cuda {
+
+namespace gemm_rs_detail {
+
+using namespace gemm_detail;
+
+constexpr int kKStage = 64;  // K elements per stage: one 128-byte swizzled token row
+constexpr int kWarpgroup = 128;
+constexpr int kThreads = 3 * kWarpgroup;  // producer + 2 consumers
+constexpr int kMT = 2;                    // m64 tiles per consumer
+constexpr int kRows = 2 * kMT * 64;       // weight rows per block
+constexpr int kRowBytes = kKStage / 2;    // packed FP4 bytes of one row per stage
+// setmaxnreg: the block starts with 65536 / 384 -> 168 registers a thread;
+// the producer keeps 56 and the consumers take the rest of the pool:
+// (384 * 168 - 128 * 56) / 256 = 224.
+constexpr int kProducerRegs = 56;
+constexpr int kConsumerRegs = 224;
+static_assert(kThreads * 168 >= kWarpgroup * kProducerRegs + 2 * kWarpgroup * kConsumerRegs,
+              "setmaxnreg: the consumers cannot take more than the producer gave back");
+
+template <int TT>
+struct RsShape {
+  static_assert(TT == 128, "one consumer's wgmma N is the whole token tile");
+  static constexpr int kABytes = kRows * kRowBytes;  // 8 KB of packed weights
+  static constexpr int kBBytes = TT * kKStage * 2;   // 16 KB of bf16 tokens
+  static constexpr int kStageBytes = kABytes + kBBytes;
+  static_assert(kABytes % 1024 == 0 && kStageBytes % 1024 == 0, "swizzle atoms are 1024-byte aligned");
+};
+
+// The ring (1024-byte aligned: up to 1023 bytes of slack ahead of it), then
+// the tile's expanded indices.
+template <int TT, int kStages>
+constexpr int RsSmemBytes() {
+  return 1024 + kStages * RsShape<TT>::kStageBytes + TT * 4;
+}
+
+// Byte offset of 16-byte chunk h (0, 1) of block row r in a stage's weight
+// area. Rows are 32 bytes; flipping the chunk on every other group of 4 rows
+// puts the 8 rows one LDS.64 of a warp reads on distinct banks.
+__device__ __forceinline__ uint32_t ARowOffset(int r, int h) {
+  return static_cast<uint32_t>(r) * kRowBytes + (static_cast<uint32_t>(h ^ ((r >> 2) & 1)) << 4);
+}
+
+// Expert-local weight row of block row r (0 .. 255) and whether it exists.
+template <GemmStage ST>
+__device__ __forceinline__ int BlockWeightRow(const GemmArgs& a, int r, bool& valid) {
+  const int c = r >> 7, mt = (r >> 6) & 1, R = r & 63;
+  if constexpr (ST == GemmStage::kGemm1) {
+    const int feature = blockIdx.y * 128 + 64 * c + R;
+    valid = feature < a.n_dim;
+    return valid ? (mt == 0 ? feature : a.n_dim + feature) : 0;
+  } else {
+    const int feature = blockIdx.y * 256 + 128 * c + 64 * mt + R;
+    valid = feature < a.n_dim;
+    return valid ? feature : 0;
+  }
+}
+
+// The producer warpgroup: cp.async only. Per stage a thread copies 4 weight
+// chunks (block rows (t >> 1) + 64 i, chunk t & 1) and 8 token chunks
+// (tokens (t >> 3) + 16 j, chunk t & 7: a warp reads 4 whole 128-byte rows
+// per instruction), then signals the stage kStages - 2 behind once its own
+// copies of it have landed (cp.async groups count per thread; the FULL
+// barrier waits for every producer thread).
+template <int TT, int kStages, GemmStage ST>
+__device__ __forceinline__ void RsProduce(const GemmArgs& a, int tile, int expert, const int32_t* s_expanded,
+                                          uint32_t ring, int n_stages) {
+  using S = RsShape<TT>;
+  constexpr int kLag = kStages - 2;
+  const int t = threadIdx.x;
+  const int64_t k_bytes = a.k_dim / 2;
+  const uint8_t* w = a.w + static_cast<int64_t>(expert) * a.w_rows_per_expert * k_bytes;
+  const uint8_t* wsrc[4];
+  int wbytes[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    bool valid;
+    const int row = BlockWeightRow<ST>(a, (t >> 1) + 64 * i, valid);
+    wsrc[i] = w + row * k_bytes + 16 * (t & 1);
+    wbytes[i] = valid ? 16 : 0;  // rows past n_dim are zero-filled
+  }
+  const uint32_t wdst0 = ARowOffset(t >> 1, t & 1);  // + 64 rows per i: the same swizzle phase
+  const uint8_t* asrc[TT / 16];
+  int abytes[TT / 16];
+#pragma unroll
+  for (int j = 0; j < TT / 16; ++j) {
+    const int n = (t >> 3) + 16 * j;
+    const int ex = s_expanded[n];
+    const int64_t src = ex < 0 ? 0 : (a.gather_tokens ? ex / a.top_k : static_cast<int64_t>(tile) * TT + n);
+    asrc[j] = a.a_data + src * a.a_row_bytes + 16 * (t & 7);
+    abytes[j] = ex < 0 ? 0 : 16;  // padding rows are zero-filled
+  }
+  // Token n, chunk c sits at n * 128 + 16 * (c ^ (n & 7)); n & 7 is the same for every j.
+  const uint32_t adst0 = static_cast<uint32_t>(t >> 3) * 128u + (static_cast<uint32_t>((t & 7) ^ ((t >> 3) & 7)) << 4);
+
+  for (int it = 0; it < n_stages; ++it) {
+    const int s = it % kStages;
+    if (it >= kStages) wgmma::BarrierSync(1 + kStages + s, kThreads);  // EMPTY[s]
+    const uint32_t a_st = ring + s * S::kStageBytes, b_st = a_st + S::kABytes;
+    const int64_t koff = static_cast<int64_t>(it) * kRowBytes;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      CpAsync16Shared(a_st + wdst0 + 64u * kRowBytes * i, wsrc[i] + koff, wbytes[i]);
+#pragma unroll
+    for (int j = 0; j < TT / 16; ++j)
+      CpAsync16Shared(b_st + adst0 + 2048u * j, asrc[j] + 2 * kKStage * static_cast<int64_t>(it), abytes[j]);
+    CpAsyncCommit();
+    if (it >= kLag) {
+      CpAsyncWait<kLag>();
+      wgmma::FenceSharedForAsync();  // cp.async wrote through the generic proxy; wgmma reads through the async one
+      wgmma::BarrierArrive(1 + (it - kLag) % kStages, kThreads);  // FULL
+    }
+  }
+  CpAsyncWait<0>();
+  wgmma::FenceSharedForAsync();
+  for (int it = n_stages > kLag ? n_stages - kLag : 0; it < n_stages; ++it)
+    wgmma::BarrierArrive(1 + it % kStages, kThreads);
+}
+
+// One consumer thread's weight rows: rows g and g + 8 of its warp's 16 in
+// each of its 2 m-tiles (block rows 128c + 64mt + 16warp + g + 8r). Their
+// shared-memory offsets differ by constants from `base`, and all four share
+// the chunk swizzle (bit 2 of the block row is bit 2 of g).
+template <Format WF, GemmStage ST>
+struct RsLaneRows {
+  uint32_t base;                 // ARowOffset(128c + 16warp + g, 0) without the swizzle
+  uint32_t flip;                 // 16 when the rows' two chunks are swapped
+  const uint8_t* scale[kMT][2];  // each row's scale bytes at K = 0
+
+  __device__ __forceinline__ RsLaneRows(const GemmArgs& a, int expert, int c, int warp, int g) {
+    const int scale_cols = a.k_dim / BlockSize(WF);
+    const uint8_t* s = a.w_scale + static_cast<int64_t>(expert) * a.w_rows_per_expert * scale_cols;
+    base = static_cast<uint32_t>(128 * c + 16 * warp + g) * kRowBytes;
+    flip = static_cast<uint32_t>((g >> 2) & 1) << 4;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        bool valid;  // (a missing row's codes are zero-filled: any finite scale will do)
+        const int row = BlockWeightRow<ST>(a, 128 * c + 64 * mt + 16 * warp + g + 8 * r, valid);
+        scale[mt][r] = s + static_cast<int64_t>(row) * scale_cols;
+      }
+  }
+  // Offset of the 8 bytes of k16 step kk (words 2kk, 2kk + 1) of row (mt, r).
+  template <int mt, int r, int kk>
+  __device__ __forceinline__ uint32_t StepOffset() const {
+    return base + (64 * mt + 8 * r) * kRowBytes + ((static_cast<uint32_t>(kk >> 1) << 4) ^ flip) + 8u * (kk & 1);
+  }
+};
+
+// The scale bytes of one row for one stage: NVFP4 4 e4m3 bytes (one per
+// k16 step), MXFP4 2 ue8m0 bytes (one per two steps), aligned because
+// K % 64 == 0. Read from global (L1/L2) one stage ahead of use.
+template <Format WF>
+__device__ __forceinline__ uint32_t LoadStageScales(const uint8_t* row_scales, int it) {
+  if constexpr (WF == Format::kNVFP4) {
+    return __ldg(reinterpret_cast<const uint32_t*>(row_scales) + it);
+  } else {
+    return __ldg(reinterpret_cast<const uint16_t*>(row_scales) + it);
+  }
+}
+
+// A stage's scales of one row as two bf16x2 words: NVFP4 (s0, s1), (s2, s3)
+// folded by 2^kNvfp4ScaleFold; MXFP4 (s0, s1) as plain bf16 in both words.
+template <Format WF>
+__device__ __forceinline__ void StageScalePairs(uint32_t raw, uint32_t (&out)[2]) {
+  if constexpr (WF == Format::kNVFP4) {
+    out[0] = E4m3PairToFoldedBf16x2(Prmt(raw, 0u, Nvfp4ScaleSelector(0)));
+    out[1] = E4m3PairToFoldedBf16x2(Prmt(raw, 0u, Nvfp4ScaleSelector(2)));
+  } else {
+    out[0] = static_cast<uint32_t>(Ue8m0ToBf16Bits(raw & 0xffu)) |
+             (static_cast<uint32_t>(Ue8m0ToBf16Bits((raw >> 8) & 0xffu)) << 16);
+    out[1] = out[0];
+  }
+}
+
+// Byte q of `word`, decoded and block-scaled for k16 step kk (0..3).
+template <Format WF, int kk>
+__device__ __forceinline__ uint32_t DecodeFragmentWord(uint32_t word, uint32_t sel, const uint32_t (&sp)[2]) {
+  const uint32_t v = DecodeE2m1Byte(word, sel);
+  if constexpr (WF == Format::kNVFP4) {
+    return MulBf16x2ByHalf<(kk & 1)>(v, sp[kk >> 1]);
+  } else {
+    // MXFP4 keeps the 2^126 multiply (2^126 * 2^(e - 127) overflows bf16 for e > 128).
+    return MulBf16x2ByHalf<(kk >> 1)>(MulBf16x2(v, kBf16x2Pow2_126), sp[0]);
+  }
+}
+
+// Row (mt, r)'s A fragment words of k16 step kk: a[r] = k 2q, 2q + 1 (word
+// 2kk), a[2 + r] = k 2q + 8, 2q + 9 (word 2kk + 1), i.e. the MmaRs order
+// (row g, row g + 8, row g, row g + 8).
+template <Format WF, int mt, int r, int kk, GemmStage ST>
+__device__ __forceinline__ void DecodeStep(const RsLaneRows<WF, ST>& rows, uint32_t a_st, uint32_t sel,
+                                           const uint32_t (&sp)[kMT][2][2], uint32_t (&af)[kMT][4]) {
+  uint32_t w0, w1;
+  asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];\n" : "=r"(w0), "=r"(w1) : "r"(a_st + rows.template StepOffset<mt, r, kk>()));
+  af[mt][r] = DecodeFragmentWord<WF, kk>(w0, sel, sp[mt][r]);
+  af[mt][2 + r] = DecodeFragmentWord<WF, kk>(w1, sel, sp[mt][r]);
+}
+
+}  // namespace gemm_rs_detail
+
+template <int TT, int kStages, Format WF, GemmStage ST>
+__global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel(const GemmArgs a) {
+  using namespace gemm_detail;
+  using namespace gemm_rs_detail;
+  using S = RsShape<TT>;
+  static_assert(kStages >= 3 && 1 + 2 * kStages <= 16, "named barriers: 16 per block");
+  extern __shared__ __align__(1024) uint8_t rs_smem[];
+  const uint32_t raw_base = wgmma::SmemAddress(rs_smem);
+  const uint32_t pad = ((raw_base + 1023u) & ~1023u) - raw_base;
+  const uint32_t ring = raw_base + pad;
+  int32_t* s_expanded = reinterpret_cast<int32_t*>(rs_smem + pad + kStages * S::kStageBytes);
+
+  const int tile = blockIdx.x;
+  if (tile >= *a.num_tiles) return;  // beyond the live tiles (device-side count); whole block
+  const int expert = a.tile_expert[tile];
+  for (int i = threadIdx.x; i < TT; i += kThreads) s_expanded[i] = a.permuted_to_expanded[tile * TT + i];
+  __syncthreads();
+
+  const int n_stages = a.k_dim / kKStage;
+  const int wg = threadIdx.x / kWarpgroup;
+  if (wg == 0) {
+    wgmma::SetMaxRegisters<false, kProducerRegs>();
+    RsProduce<TT, kStages, ST>(a, tile, expert, s_expanded, ring, n_stages);
+    return;
+  }
+  wgmma::SetMaxRegisters<true, kConsumerRegs>();
+
+  const int c = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const RsLaneRows<WF, ST> rows(a, expert, c, warp, g);
+  const uint32_t sel = E2m1ByteSelector(q);
+
+  float acc[kMT][TT / 8][4];
+  ZeroAccumulators(acc);
+  // Block-scale words, one stage ahead: sc[mt][r] for the stage being
+  // multiplied, next[mt][r] for the one after.
+  uint32_t sc[kMT][2], next[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) next[mt][r] = LoadStageScales<WF>(rows.scale[mt][r], 0);
+
+  uint32_t af[2][kMT][4];  // A fragments: step kk decodes into af[kk & 1] while step kk - 1 multiplies
+  for (int it = 0; it < n_stages; ++it) {
+    const int s = it % kStages;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        sc[mt][r] = next[mt][r];
+        if (it + 1 < n_stages) next[mt][r] = LoadStageScales<WF>(rows.scale[mt][r], it + 1);
+      }
+    uint32_t sp[kMT][2][2];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) StageScalePairs<WF>(sc[mt][r], sp[mt][r]);
+
+    wgmma::BarrierSync(1 + s, kThreads);  // FULL[s]
+    const uint32_t a_st = ring + s * S::kStageBytes, b_st = a_st + S::kABytes;
+    // One k16 step (kk is a template constant: the fragments' registers and
+    // the scale halves are then fixed at compile time).
+    auto step = [&](auto kk_constant) {
+      constexpr int kk = decltype(kk_constant)::value;
+      uint32_t(&frag)[kMT][4] = af[kk & 1];
+      DecodeStep<WF, 0, 0, kk>(rows, a_st, sel, sp, frag);
+      DecodeStep<WF, 0, 1, kk>(rows, a_st, sel, sp, frag);
+      DecodeStep<WF, 1, 0, kk>(rows, a_st, sel, sp, frag);
+      DecodeStep<WF, 1, 1, kk>(rows, a_st, sel, sp, frag);
+      const uint64_t db = wgmma::DescriptorSw128(b_st + 32u * kk);
+      wgmma::Fence();
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) wgmma::MmaRs<TT>(acc[mt], frag[mt][0], frag[mt][1], frag[mt][2], frag[mt][3], db);
+      wgmma::Commit();
+      wgmma::Wait<1>();  // step kk - 1 is done: its fragments (and, at kk = 0, the previous stage) are free
+      if (kk == 0 && it >= 1 && it - 1 + kStages < n_stages)
+        wgmma::BarrierArrive(1 + kStages + (it - 1) % kStages, kThreads);  // EMPTY[stage it - 1]
+    };
+    static_assert(kKStage / 16 == 4, "four k16 steps a stage");
+    step(std::integral_constant<int, 0>{});
+    step(std::integral_constant<int, 1>{});
+    step(std::integral_constant<int, 2>{});
+    step(std::integral_constant<int, 3>{});
+  }
+  wgmma::Wait<0>();
+
+  const int feat0 = ST == GemmStage::kGemm1 ? blockIdx.y * 128 + 64 * c + 16 * warp
+                                            : blockIdx.y * 256 + 128 * c + 16 * warp;
+  if (feat0 >= a.n_dim) return;
+  bool mt_valid[kMT];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+    mt_valid[mt] = ST == GemmStage::kGemm1 ? true : feat0 + 64 * mt < a.n_dim;
+  GemmEpilogue<kMT, TT / 8, WF, ST, 64>(a, acc, mt_valid, s_expanded, 0, static_cast<int64_t>(tile) * TT, feat0,
+                                        expert);
+}
+
+// Whether the register-A kernel runs this GEMM (else its fallback does).
+inline bool WgmmaRsSupports(const GemmArgs& a) {
+  return a.act_format == Format::kBF16 && a.k_dim % gemm_rs_detail::kKStage == 0 && a.k_dim > 0;
+}
+
+// Grid: x = token tiles (worst case from static shapes), y = 128 (GEMM1) or
+// 256 (GEMM2) output features.
+template <int TT, int kStages, Format WF, GemmStage ST>
+cudaError_t LaunchWgmmaRsGemm(const GemmArgs& a, int64_t max_tiles, cudaStream_t stream) {
+#ifdef JAX_MOE_CUDA_ARCH
+  // wgmma exists on sm_90a only; other builds compile the kernel as a trap.
+  if (std::string_view(JAX_MOE_CUDA_ARCH) != "sm_90a") return cudaErrorNotSupported;
+#endif
+  if (!WgmmaRsSupports(a)) return LaunchWgmmaWsGemm<TT, 4, 1, WF, ST>(a, max_tiles, stream);
+  constexpr int kSmem = gemm_rs_detail::RsSmemBytes<TT, kStages>();
+  if (const cudaError_t e = EnsureDynamicSmem<WgmmaRsGemmKernel<TT, kStages, WF, ST>>(kSmem); e != cudaSuccess)
+    return e;
+  const int features_per_block = ST == GemmStage::kGemm1 ? 128 : 256;
+  const dim3 grid(static_cast<unsigned>(max_tiles),
+                  static_cast<unsigned>((a.n_dim + features_per_block - 1) / features_per_block));
+  WgmmaRsGemmKernel<TT, kStages, WF, ST><<<grid, gemm_rs_detail::kThreads, kSmem, stream>>>(a);
+  g_wgmma_rs_launches.fetch_add(1, std::memory_order_relaxed);
+  return cudaGetLastError();
+}
+
+}  // namespace jax_moe::cuda
