@@ -59,7 +59,8 @@ nb::dict Enums() {
   nb::dict family;
   for (KernelFamily f : {KernelFamily::kCpuBlocked, KernelFamily::kCudaMmaSwapAB, KernelFamily::kCudaStreamSplitK,
                          KernelFamily::kCudaWgmmaSwapAB, KernelFamily::kCudaWgmmaWarpSpecialized,
-                         KernelFamily::kCudaWgmmaWsTwoProducers, KernelFamily::kCudaWgmmaRs})
+                         KernelFamily::kCudaWgmmaWsTwoProducers, KernelFamily::kCudaWgmmaRs,
+                         KernelFamily::kCudaWgmmaRsPersistent})
     family[FamilyName(f)] = static_cast<int64_t>(f);
   out["KernelFamily"] = family;
   return out;

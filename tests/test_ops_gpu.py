@@ -101,7 +101,7 @@ def test_every_cuda_tactic(shape, tactic):
 
 _FAMILIES = {"staged": "cuda_mma_swap_ab", "stream": "cuda_stream_split_k"}
 _WGMMA_FAMILIES = ["cuda_wgmma_swap_ab", "cuda_wgmma_warp_specialized", "cuda_wgmma_ws_two_producers",
-                   "cuda_wgmma_rs"]
+                   "cuda_wgmma_rs", "cuda_wgmma_rs_persistent"]
 
 
 def _family_tactics(family: str, tactic_list=None):
@@ -261,6 +261,9 @@ def test_wgmma_family_every_format(tactic, wfmt, afmt):
     _check(case, tactic=tactic)
 
 
+_RS_TACTICS = _family_tactics("cuda_wgmma_rs") + _family_tactics("cuda_wgmma_rs_persistent")
+
+
 def _wgmma_rs_launches():
     return _extension.module().cuda_handler_stats()["wgmma_rs_launches"]
 
@@ -283,7 +286,7 @@ def test_wgmma_rs_kernel(T, H, I, wfmt):
     activation, partial feature blocks, short K rings."""
     case = make_case(T=T, H=H, I=I, E=8, top_k=2, weight_format=wfmt, act_format=Format.BF16,
                      activation=Activation.SWIGLU_OAI, biases=True)
-    for t in _family_tactics("cuda_wgmma_rs"):
+    for t in _RS_TACTICS:
         launches = _wgmma_rs_launches()
         _check(case, tactic=t.id)
         assert _wgmma_rs_launches() >= launches + 2, "both GEMMs should run the register-A kernel"
@@ -294,7 +297,7 @@ def test_wgmma_rs_falls_back_outside_its_scope():
     kernel of the same tile (and still match the reference)."""
     for afmt, H in ((Format.MXFP8, 1024), (Format.BF16, 1056)):
         case = make_case(T=150, H=H, I=352, E=8, top_k=2, act_format=afmt)
-        for t in _family_tactics("cuda_wgmma_rs"):
+        for t in _RS_TACTICS:
             launches = _wgmma_rs_launches()
             _check(case, tactic=t.id)
             assert _wgmma_rs_launches() == launches

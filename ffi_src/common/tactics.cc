@@ -29,8 +29,9 @@ const std::vector<Tactic>& TacticTable() {
    64, 64 * stages, 0},
       JAX_MOE_CUDA_WGMMA_WS_TACTICS(JAX_MOE_CUDA_WGMMA_WS_ROW)
 #undef JAX_MOE_CUDA_WGMMA_WS_ROW
-#define JAX_MOE_CUDA_WGMMA_RS_ROW(name, tt, stages) \
-  {#name, Platform::kCuda, KernelFamily::kCudaWgmmaRs, tt, 128, tt, 64 * stages, 0},
+#define JAX_MOE_CUDA_WGMMA_RS_ROW(name, tt, stages, persistent)                                        \
+  {#name, Platform::kCuda, persistent ? KernelFamily::kCudaWgmmaRsPersistent : KernelFamily::kCudaWgmmaRs, tt, \
+   128, tt, 64 * stages, 0},
       JAX_MOE_CUDA_WGMMA_RS_TACTICS(JAX_MOE_CUDA_WGMMA_RS_ROW)
 #undef JAX_MOE_CUDA_WGMMA_RS_ROW
   };
@@ -46,7 +47,8 @@ bool IsExperimental(KernelFamily family) {
   // is measured: the tuner's time budget has no room for a candidate that
   // may not win (benchmarks/NOTES.md v5).
   // The register-A rows (2026-12-03, session 15) start here.
-  return family == KernelFamily::kCudaWgmmaWsTwoProducers || family == KernelFamily::kCudaWgmmaRs;
+  return family == KernelFamily::kCudaWgmmaWsTwoProducers || family == KernelFamily::kCudaWgmmaRs ||
+         family == KernelFamily::kCudaWgmmaRsPersistent;
 }
 
 const char* FamilyName(KernelFamily family) {
@@ -58,6 +60,7 @@ const char* FamilyName(KernelFamily family) {
     case KernelFamily::kCudaWgmmaWarpSpecialized: return "cuda_wgmma_warp_specialized";
     case KernelFamily::kCudaWgmmaWsTwoProducers: return "cuda_wgmma_ws_two_producers";
     case KernelFamily::kCudaWgmmaRs: return "cuda_wgmma_rs";
+    case KernelFamily::kCudaWgmmaRsPersistent: return "cuda_wgmma_rs_persistent";
   }
   return "unknown";
 }
@@ -198,7 +201,8 @@ constexpr double kWgmmaDefaultLoad = 120.0;
 
 bool IsWgmmaFamily(KernelFamily f) {
   return f == KernelFamily::kCudaWgmmaSwapAB || f == KernelFamily::kCudaWgmmaWarpSpecialized ||
-         f == KernelFamily::kCudaWgmmaWsTwoProducers || f == KernelFamily::kCudaWgmmaRs;
+         f == KernelFamily::kCudaWgmmaWsTwoProducers || f == KernelFamily::kCudaWgmmaRs ||
+         f == KernelFamily::kCudaWgmmaRsPersistent;
 }
 
 // The tile the wgmma families aim at: the load itself (no cap at 32), held

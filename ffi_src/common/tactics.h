@@ -34,6 +34,8 @@ enum class KernelFamily : int64_t {
   kCudaWgmmaRs = 6,  // CUDA (sm_90a): wgmma m64n128k16 with A = FP4 weights decoded in the
                      // consumers' registers; a producer warpgroup only issues cp.async of
                      // the packed weights and the raw bf16 token tile (prefill)
+  kCudaWgmmaRsPersistent = 7,  // CUDA (sm_90a): the same kernel on a persistent grid (one
+                               // block per SM over the (tile, feature block) items)
 };
 
 // The CUDA rows, once: the table (tactics.cc) and the kernel instantiations
@@ -100,13 +102,15 @@ enum class KernelFamily : int64_t {
 
 // The register-A cp.async wgmma rows (cuda/gemm_wgmma_rs.cuh), after the
 // warp-specialised rows:
-//   X(name, tile_tokens, stages)
-// One block covers 128 (GEMM1) / 256 (GEMM2) output features and 128 tokens;
-// `stages` 64-element K stages of packed weights + raw tokens in the ring.
+//   X(name, tile_tokens, stages, persistent)
+// A work item covers 128 (GEMM1) / 256 (GEMM2) output features and 128
+// tokens; `stages` 64-element K stages of packed weights + raw tokens in the
+// ring; persistent rows form their own family (kCudaWgmmaRsPersistent).
 // Problems the kernel does not cover (activations not bf16, K % 64 != 0)
 // run the warp-specialised kernel of the same tile.
 #define JAX_MOE_CUDA_WGMMA_RS_TACTICS(X) \
-  X(cuda_wgmma_rs_t128, 128, 6)
+  X(cuda_wgmma_rs_t128,  128, 6, false)  \
+  X(cuda_wgmma_rsp_t128, 128, 6, true)
 // clang-format on
 
 struct Tactic {

@@ -30,7 +30,7 @@ ffi::Error DispatchGemm(const GemmArgs& args, Format weight_format, int64_t tact
 #define JAX_MOE_STREAM_ENTRY(name, tt, tw) &LaunchStreamGemm<tt, tw, WF, ST>,
 #define JAX_MOE_WGMMA_ENTRY(name, tt, kc) &LaunchWgmmaGemm<tt, kc, WF, ST>,
 #define JAX_MOE_WGMMA_WS_ENTRY(name, tt, stages, producers) &LaunchWgmmaWsGemm<tt, stages, producers, WF, ST>,
-#define JAX_MOE_WGMMA_RS_ENTRY(name, tt, stages) &LaunchWgmmaRsGemm<tt, stages, WF, ST>,
+#define JAX_MOE_WGMMA_RS_ENTRY(name, tt, stages, persistent) &LaunchWgmmaRsGemm<tt, stages, persistent, WF, ST>,
   static constexpr GemmLaunchFn kNvfp4[] = {
 #define WF Format::kNVFP4
       JAX_MOE_CUDA_TACTICS(JAX_MOE_GEMM_ENTRY) JAX_MOE_CUDA_STREAM_TACTICS(JAX_MOE_STREAM_ENTRY)

@@ -28,11 +28,16 @@
 // byte q of each 4-byte word (elements 2q, 2q + 1 of each 8-element chunk),
 // which is the m64nNk16 A fragment's (k = 2q, 2q + 1 | 2q + 8, 2q + 9).
 //
-// Tile: 128 tokens x 256 weight rows. GEMM1: consumer c, m-tile 0 = gate rows
-// of features F + 64c .. + 63 (F = 128 * blockIdx.y), m-tile 1 = their up
-// rows, so a thread holds gate and up of the same (feature, token) and
-// GemmEpilogue's one-pair layout (kMT = 2) applies. GEMM2: consumer c,
-// m-tile mt = output features F + 128c + 64mt .. + 63 (F = 256 * blockIdx.y).
+// Work item: 128 tokens x 256 weight rows of feature block fb. GEMM1:
+// consumer c, m-tile 0 = gate rows of features F + 64c .. + 63 (F = 128 fb),
+// m-tile 1 = their up rows, so a thread holds gate and up of the same
+// (feature, token) and GemmEpilogue's one-pair layout (kMT = 2) applies.
+// GEMM2: consumer c, m-tile mt = output features F + 128c + 64mt .. + 63
+// (F = 256 fb). kPersistent = false: one item per block (x = tile, y = fb);
+// true (KernelFamily::kCudaWgmmaRsPersistent): one block per SM walks the
+// items, and its producer runs on into the next item's stages while the
+// consumers run the epilogue, so neither the ring's fill nor (partly) the
+// epilogue stalls the tensor cores between items.
 //
 // Scope: bf16 activations, K % 64 == 0 in both GEMMs (whole stages, 16-byte
 // aligned rows and aligned scale words). LaunchWgmmaRsGemm runs the
@@ -40,6 +45,7 @@
 // the row serves every problem, like every other row.
 #pragma once
 
+#include <algorithm>
 #include <string_view>
 #include <type_traits>
 
@@ -48,6 +54,7 @@
 #include "cuda/gemm_common.cuh"
 #include "cuda/gemm_wgmma_ws.cuh"
 #include "cuda/launch_counters.h"
+#include "cuda/split_k.cuh"
 #include "cuda/wgmma.cuh"
 
 namespace jax_moe::cuda {
@@ -79,11 +86,10 @@ struct RsShape {
   static_assert(kABytes % 1024 == 0 && kStageBytes % 1024 == 0, "swizzle atoms are 1024-byte aligned");
 };
 
-// The ring (1024-byte aligned: up to 1023 bytes of slack ahead of it), then
-// the tile's expanded indices.
+// The ring (1024-byte aligned: up to 1023 bytes of slack ahead of it).
 template <int TT, int kStages>
 constexpr int RsSmemBytes() {
-  return 1024 + kStages * RsShape<TT>::kStageBytes + TT * 4;
+  return 1024 + kStages * RsShape<TT>::kStageBytes;
 }
 
 // Byte offset of 16-byte chunk h (0, 1) of block row r in a stage's weight
@@ -93,16 +99,54 @@ __device__ __forceinline__ uint32_t ARowOffset(int r, int h) {
   return static_cast<uint32_t>(r) * kRowBytes + (static_cast<uint32_t>(h ^ ((r >> 2) & 1)) << 4);
 }
 
-// Expert-local weight row of block row r (0 .. 255) and whether it exists.
+// Output features of one work item's feature block.
 template <GemmStage ST>
-__device__ __forceinline__ int BlockWeightRow(const GemmArgs& a, int r, bool& valid) {
+constexpr int FeaturesPerBlock() {
+  return ST == GemmStage::kGemm1 ? 128 : 256;
+}
+
+// One work item: a token tile and a feature block. The plain grid runs one
+// per block (x = tile, y = feature block); the persistent grid walks items
+// w = blockIdx.x, + gridDim.x, ... with the feature block fastest (tile =
+// w / blocks, fb = w % blocks), so the items running at once share few
+// token tiles (read from L2 by every feature block) and the tiles of one
+// expert are neighbours (its weights are re-read from L2).
+template <bool kPersistent, GemmStage ST>
+struct RsWork {
+  int count, n_fb;
+  __device__ __forceinline__ explicit RsWork(const GemmArgs& a) {
+    n_fb = (a.n_dim + FeaturesPerBlock<ST>() - 1) / FeaturesPerBlock<ST>();
+    const int tiles = *a.num_tiles;  // the live tiles (device-side count)
+    if constexpr (kPersistent) {
+      const int work = tiles * n_fb;
+      count = static_cast<int>(blockIdx.x) < work ? (work - 1 - static_cast<int>(blockIdx.x)) / gridDim.x + 1 : 0;
+    } else {
+      count = static_cast<int>(blockIdx.x) < tiles ? 1 : 0;
+    }
+  }
+  __device__ __forceinline__ void Item(int i, int& tile, int& fb) const {
+    if constexpr (kPersistent) {
+      const int w = blockIdx.x + i * gridDim.x;
+      tile = w / n_fb;
+      fb = w % n_fb;
+    } else {
+      tile = blockIdx.x;
+      fb = blockIdx.y;
+    }
+  }
+};
+
+// Expert-local weight row of block row r (0 .. 255) of feature block fb and
+// whether it exists.
+template <GemmStage ST>
+__device__ __forceinline__ int BlockWeightRow(const GemmArgs& a, int fb, int r, bool& valid) {
   const int c = r >> 7, mt = (r >> 6) & 1, R = r & 63;
   if constexpr (ST == GemmStage::kGemm1) {
-    const int feature = blockIdx.y * 128 + 64 * c + R;
+    const int feature = fb * 128 + 64 * c + R;
     valid = feature < a.n_dim;
     return valid ? (mt == 0 ? feature : a.n_dim + feature) : 0;
   } else {
-    const int feature = blockIdx.y * 256 + 128 * c + 64 * mt + R;
+    const int feature = fb * 256 + 128 * c + 64 * mt + R;
     valid = feature < a.n_dim;
     return valid ? feature : 0;
   }
@@ -113,60 +157,65 @@ __device__ __forceinline__ int BlockWeightRow(const GemmArgs& a, int r, bool& va
 // (tokens (t >> 3) + 16 j, chunk t & 7: a warp reads 4 whole 128-byte rows
 // per instruction), then signals the stage kStages - 2 behind once its own
 // copies of it have landed (cp.async groups count per thread; the FULL
-// barrier waits for every producer thread).
-template <int TT, int kStages, GemmStage ST>
-__device__ __forceinline__ void RsProduce(const GemmArgs& a, int tile, int expert, const int32_t* s_expanded,
-                                          uint32_t ring, int n_stages) {
+// barrier waits for every producer thread). Stages are counted across the
+// block's work items, so the next item's first stages are copied while the
+// consumers run the epilogue of the last one.
+template <int TT, int kStages, bool kPersistent, GemmStage ST>
+__device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<kPersistent, ST>& work, uint32_t ring,
+                                          int n_stages) {
   using S = RsShape<TT>;
   constexpr int kLag = kStages - 2;
   const int t = threadIdx.x;
   const int64_t k_bytes = a.k_dim / 2;
-  const uint8_t* w = a.w + static_cast<int64_t>(expert) * a.w_rows_per_expert * k_bytes;
-  const uint8_t* wsrc[4];
-  int wbytes[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    bool valid;
-    const int row = BlockWeightRow<ST>(a, (t >> 1) + 64 * i, valid);
-    wsrc[i] = w + row * k_bytes + 16 * (t & 1);
-    wbytes[i] = valid ? 16 : 0;  // rows past n_dim are zero-filled
-  }
   const uint32_t wdst0 = ARowOffset(t >> 1, t & 1);  // + 64 rows per i: the same swizzle phase
-  const uint8_t* asrc[TT / 16];
-  int abytes[TT / 16];
-#pragma unroll
-  for (int j = 0; j < TT / 16; ++j) {
-    const int n = (t >> 3) + 16 * j;
-    const int ex = s_expanded[n];
-    const int64_t src = ex < 0 ? 0 : (a.gather_tokens ? ex / a.top_k : static_cast<int64_t>(tile) * TT + n);
-    asrc[j] = a.a_data + src * a.a_row_bytes + 16 * (t & 7);
-    abytes[j] = ex < 0 ? 0 : 16;  // padding rows are zero-filled
-  }
   // Token n, chunk c sits at n * 128 + 16 * (c ^ (n & 7)); n & 7 is the same for every j.
   const uint32_t adst0 = static_cast<uint32_t>(t >> 3) * 128u + (static_cast<uint32_t>((t & 7) ^ ((t >> 3) & 7)) << 4);
-
-  for (int it = 0; it < n_stages; ++it) {
-    const int s = it % kStages;
-    if (it >= kStages) wgmma::BarrierSync(1 + kStages + s, kThreads);  // EMPTY[s]
-    const uint32_t a_st = ring + s * S::kStageBytes, b_st = a_st + S::kABytes;
-    const int64_t koff = static_cast<int64_t>(it) * kRowBytes;
+  int gs = 0;  // stages issued so far (ring slot gs % kStages)
+  for (int item = 0; item < work.count; ++item) {
+    int tile, fb;
+    work.Item(item, tile, fb);
+    const int expert = a.tile_expert[tile];
+    const uint8_t* w = a.w + static_cast<int64_t>(expert) * a.w_rows_per_expert * k_bytes;
+    const uint8_t* wsrc[4];
+    int wbytes[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
-      CpAsync16Shared(a_st + wdst0 + 64u * kRowBytes * i, wsrc[i] + koff, wbytes[i]);
+    for (int i = 0; i < 4; ++i) {
+      bool valid;
+      const int row = BlockWeightRow<ST>(a, fb, (t >> 1) + 64 * i, valid);
+      wsrc[i] = w + row * k_bytes + 16 * (t & 1);
+      wbytes[i] = valid ? 16 : 0;  // rows past n_dim are zero-filled
+    }
+    const uint8_t* asrc[TT / 16];
+    int abytes[TT / 16];
 #pragma unroll
-    for (int j = 0; j < TT / 16; ++j)
-      CpAsync16Shared(b_st + adst0 + 2048u * j, asrc[j] + 2 * kKStage * static_cast<int64_t>(it), abytes[j]);
-    CpAsyncCommit();
-    if (it >= kLag) {
-      CpAsyncWait<kLag>();
-      wgmma::FenceSharedForAsync();  // cp.async wrote through the generic proxy; wgmma reads through the async one
-      wgmma::BarrierArrive(1 + (it - kLag) % kStages, kThreads);  // FULL
+    for (int j = 0; j < TT / 16; ++j) {
+      const int n = (t >> 3) + 16 * j;
+      const int ex = a.permuted_to_expanded[static_cast<int64_t>(tile) * TT + n];
+      const int64_t src = ex < 0 ? 0 : (a.gather_tokens ? ex / a.top_k : static_cast<int64_t>(tile) * TT + n);
+      asrc[j] = a.a_data + src * a.a_row_bytes + 16 * (t & 7);
+      abytes[j] = ex < 0 ? 0 : 16;  // padding rows are zero-filled
+    }
+    for (int st = 0; st < n_stages; ++st, ++gs) {
+      const int s = gs % kStages;
+      if (gs >= kStages) wgmma::BarrierSync(1 + kStages + s, kThreads);  // EMPTY[s]
+      const uint32_t a_st = ring + s * S::kStageBytes, b_st = a_st + S::kABytes;
+      const int64_t koff = static_cast<int64_t>(st) * kRowBytes;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) CpAsync16Shared(a_st + wdst0 + 64u * kRowBytes * i, wsrc[i] + koff, wbytes[i]);
+#pragma unroll
+      for (int j = 0; j < TT / 16; ++j)
+        CpAsync16Shared(b_st + adst0 + 2048u * j, asrc[j] + 2 * kKStage * static_cast<int64_t>(st), abytes[j]);
+      CpAsyncCommit();
+      if (gs >= kLag) {
+        CpAsyncWait<kLag>();
+        wgmma::FenceSharedForAsync();  // cp.async wrote through the generic proxy; wgmma reads through the async one
+        wgmma::BarrierArrive(1 + (gs - kLag) % kStages, kThreads);  // FULL
+      }
     }
   }
   CpAsyncWait<0>();
   wgmma::FenceSharedForAsync();
-  for (int it = n_stages > kLag ? n_stages - kLag : 0; it < n_stages; ++it)
-    wgmma::BarrierArrive(1 + it % kStages, kThreads);
+  for (int g = gs > kLag ? gs - kLag : 0; g < gs; ++g) wgmma::BarrierArrive(1 + g % kStages, kThreads);
 }
 
 // One consumer thread's weight rows: rows g and g + 8 of its warp's 16 in
@@ -179,7 +228,7 @@ struct RsLaneRows {
   uint32_t flip;                 // 16 when the rows' two chunks are swapped
   const uint8_t* scale[kMT][2];  // each row's scale bytes at K = 0
 
-  __device__ __forceinline__ RsLaneRows(const GemmArgs& a, int expert, int c, int warp, int g) {
+  __device__ __forceinline__ RsLaneRows(const GemmArgs& a, int expert, int fb, int c, int warp, int g) {
     const int scale_cols = a.k_dim / BlockSize(WF);
     const uint8_t* s = a.w_scale + static_cast<int64_t>(expert) * a.w_rows_per_expert * scale_cols;
     base = static_cast<uint32_t>(128 * c + 16 * warp + g) * kRowBytes;
@@ -189,7 +238,7 @@ struct RsLaneRows {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         bool valid;  // (a missing row's codes are zero-filled: any finite scale will do)
-        const int row = BlockWeightRow<ST>(a, 128 * c + 64 * mt + 16 * warp + g + 8 * r, valid);
+        const int row = BlockWeightRow<ST>(a, fb, 128 * c + 64 * mt + 16 * warp + g + 8 * r, valid);
         scale[mt][r] = s + static_cast<int64_t>(row) * scale_cols;
       }
   }
@@ -252,7 +301,7 @@ __device__ __forceinline__ void DecodeStep(const RsLaneRows<WF, ST>& rows, uint3
 
 }  // namespace gemm_rs_detail
 
-template <int TT, int kStages, Format WF, GemmStage ST>
+template <int TT, int kStages, bool kPersistent, Format WF, GemmStage ST>
 __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel(const GemmArgs a) {
   using namespace gemm_detail;
   using namespace gemm_rs_detail;
@@ -260,92 +309,99 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
   static_assert(kStages >= 3 && 1 + 2 * kStages <= 16, "named barriers: 16 per block");
   extern __shared__ __align__(1024) uint8_t rs_smem[];
   const uint32_t raw_base = wgmma::SmemAddress(rs_smem);
-  const uint32_t pad = ((raw_base + 1023u) & ~1023u) - raw_base;
-  const uint32_t ring = raw_base + pad;
-  int32_t* s_expanded = reinterpret_cast<int32_t*>(rs_smem + pad + kStages * S::kStageBytes);
+  const uint32_t ring = (raw_base + 1023u) & ~1023u;
 
-  const int tile = blockIdx.x;
-  if (tile >= *a.num_tiles) return;  // beyond the live tiles (device-side count); whole block
-  const int expert = a.tile_expert[tile];
-  for (int i = threadIdx.x; i < TT; i += kThreads) s_expanded[i] = a.permuted_to_expanded[tile * TT + i];
-  __syncthreads();
-
+  const RsWork<kPersistent, ST> work(a);
+  if (work.count == 0) return;  // whole block
   const int n_stages = a.k_dim / kKStage;
   const int wg = threadIdx.x / kWarpgroup;
   if (wg == 0) {
     wgmma::SetMaxRegisters<false, kProducerRegs>();
-    RsProduce<TT, kStages, ST>(a, tile, expert, s_expanded, ring, n_stages);
+    RsProduce<TT, kStages, kPersistent, ST>(a, work, ring, n_stages);
     return;
   }
   wgmma::SetMaxRegisters<true, kConsumerRegs>();
 
   const int c = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
-  const RsLaneRows<WF, ST> rows(a, expert, c, warp, g);
   const uint32_t sel = E2m1ByteSelector(q);
+  const int total = work.count * n_stages;  // stages of every item of this block
+  int gs = 0;                               // stages consumed so far (ring slot gs % kStages)
+  for (int item = 0; item < work.count; ++item) {
+    int tile, fb;
+    work.Item(item, tile, fb);
+    const int expert = a.tile_expert[tile];
+    const RsLaneRows<WF, ST> rows(a, expert, fb, c, warp, g);
 
-  float acc[kMT][TT / 8][4];
-  ZeroAccumulators(acc);
-  // Block-scale words, one stage ahead: sc[mt][r] for the stage being
-  // multiplied, next[mt][r] for the one after.
-  uint32_t sc[kMT][2], next[kMT][2];
-#pragma unroll
-  for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) next[mt][r] = LoadStageScales<WF>(rows.scale[mt][r], 0);
-
-  uint32_t af[2][kMT][4];  // A fragments: step kk decodes into af[kk & 1] while step kk - 1 multiplies
-  for (int it = 0; it < n_stages; ++it) {
-    const int s = it % kStages;
+    float acc[kMT][TT / 8][4];
+    ZeroAccumulators(acc);
+    // Block-scale words, one stage ahead: sc[mt][r] for the stage being
+    // multiplied, next[mt][r] for the one after.
+    uint32_t sc[kMT][2], next[kMT][2];
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        sc[mt][r] = next[mt][r];
-        if (it + 1 < n_stages) next[mt][r] = LoadStageScales<WF>(rows.scale[mt][r], it + 1);
-      }
-    uint32_t sp[kMT][2][2];
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int r = 0; r < 2; ++r) StageScalePairs<WF>(sc[mt][r], sp[mt][r]);
+      for (int r = 0; r < 2; ++r) next[mt][r] = LoadStageScales<WF>(rows.scale[mt][r], 0);
 
-    wgmma::BarrierSync(1 + s, kThreads);  // FULL[s]
-    const uint32_t a_st = ring + s * S::kStageBytes, b_st = a_st + S::kABytes;
-    // One k16 step (kk is a template constant: the fragments' registers and
-    // the scale halves are then fixed at compile time).
-    auto step = [&](auto kk_constant) {
-      constexpr int kk = decltype(kk_constant)::value;
-      uint32_t(&frag)[kMT][4] = af[kk & 1];
-      DecodeStep<WF, 0, 0, kk>(rows, a_st, sel, sp, frag);
-      DecodeStep<WF, 0, 1, kk>(rows, a_st, sel, sp, frag);
-      DecodeStep<WF, 1, 0, kk>(rows, a_st, sel, sp, frag);
-      DecodeStep<WF, 1, 1, kk>(rows, a_st, sel, sp, frag);
-      const uint64_t db = wgmma::DescriptorSw128(b_st + 32u * kk);
-      wgmma::Fence();
+    uint32_t af[2][kMT][4];  // A fragments: step kk decodes into af[kk & 1] while step kk - 1 multiplies
+    for (int st = 0; st < n_stages; ++st, ++gs) {
+      const int s = gs % kStages;
 #pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) wgmma::MmaRs<TT>(acc[mt], frag[mt][0], frag[mt][1], frag[mt][2], frag[mt][3], db);
-      wgmma::Commit();
-      wgmma::Wait<1>();  // step kk - 1 is done: its fragments (and, at kk = 0, the previous stage) are free
-      if (kk == 0 && it >= 1 && it - 1 + kStages < n_stages)
-        wgmma::BarrierArrive(1 + kStages + (it - 1) % kStages, kThreads);  // EMPTY[stage it - 1]
-    };
-    static_assert(kKStage / 16 == 4, "four k16 steps a stage");
-    step(std::integral_constant<int, 0>{});
-    step(std::integral_constant<int, 1>{});
-    step(std::integral_constant<int, 2>{});
-    step(std::integral_constant<int, 3>{});
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          sc[mt][r] = next[mt][r];
+          if (st + 1 < n_stages) next[mt][r] = LoadStageScales<WF>(rows.scale[mt][r], st + 1);
+        }
+      uint32_t sp[kMT][2][2];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) StageScalePairs<WF>(sc[mt][r], sp[mt][r]);
+
+      wgmma::BarrierSync(1 + s, kThreads);  // FULL[s]
+      const uint32_t a_st = ring + s * S::kStageBytes, b_st = a_st + S::kABytes;
+      // One k16 step (kk is a template constant: the fragments' registers and
+      // the scale halves are then fixed at compile time).
+      auto step = [&](auto kk_constant) {
+        constexpr int kk = decltype(kk_constant)::value;
+        uint32_t(&frag)[kMT][4] = af[kk & 1];
+        DecodeStep<WF, 0, 0, kk>(rows, a_st, sel, sp, frag);
+        DecodeStep<WF, 0, 1, kk>(rows, a_st, sel, sp, frag);
+        DecodeStep<WF, 1, 0, kk>(rows, a_st, sel, sp, frag);
+        DecodeStep<WF, 1, 1, kk>(rows, a_st, sel, sp, frag);
+        const uint64_t db = wgmma::DescriptorSw128(b_st + 32u * kk);
+        wgmma::Fence();
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+          wgmma::MmaRs<TT>(acc[mt], frag[mt][0], frag[mt][1], frag[mt][2], frag[mt][3], db);
+        wgmma::Commit();
+        wgmma::Wait<1>();  // step kk - 1 is done: its fragments (and, at kk = 0, the previous stage) are free
+        // The previous stage of this item goes back to the producer if it will refill it.
+        if (kk == 0 && st >= 1 && gs - 1 + kStages < total)
+          wgmma::BarrierArrive(1 + kStages + (gs - 1) % kStages, kThreads);  // EMPTY
+      };
+      static_assert(kKStage / 16 == 4, "four k16 steps a stage");
+      step(std::integral_constant<int, 0>{});
+      step(std::integral_constant<int, 1>{});
+      step(std::integral_constant<int, 2>{});
+      step(std::integral_constant<int, 3>{});
+    }
+    wgmma::Wait<0>();
+    // The item's last stage is free before the epilogue: the producer fills
+    // the ring for the next item meanwhile.
+    if (gs - 1 + kStages < total) wgmma::BarrierArrive(1 + kStages + (gs - 1) % kStages, kThreads);
+
+    const int feat0 = fb * FeaturesPerBlock<ST>() + (ST == GemmStage::kGemm1 ? 64 : 128) * c + 16 * warp;
+    if (feat0 < a.n_dim) {
+      bool mt_valid[kMT];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) mt_valid[mt] = ST == GemmStage::kGemm1 ? true : feat0 + 64 * mt < a.n_dim;
+      // The tile's expanded indices straight from global memory (L1/L2): a
+      // shared copy would need double-buffering against the producer.
+      GemmEpilogue<kMT, TT / 8, WF, ST, 64>(a, acc, mt_valid, a.permuted_to_expanded + static_cast<int64_t>(tile) * TT,
+                                            0, static_cast<int64_t>(tile) * TT, feat0, expert);
+    }
   }
-  wgmma::Wait<0>();
-
-  const int feat0 = ST == GemmStage::kGemm1 ? blockIdx.y * 128 + 64 * c + 16 * warp
-                                            : blockIdx.y * 256 + 128 * c + 16 * warp;
-  if (feat0 >= a.n_dim) return;
-  bool mt_valid[kMT];
-#pragma unroll
-  for (int mt = 0; mt < kMT; ++mt)
-    mt_valid[mt] = ST == GemmStage::kGemm1 ? true : feat0 + 64 * mt < a.n_dim;
-  GemmEpilogue<kMT, TT / 8, WF, ST, 64>(a, acc, mt_valid, s_expanded, 0, static_cast<int64_t>(tile) * TT, feat0,
-                                        expert);
 }
 
 // Whether the register-A kernel runs this GEMM (else its fallback does).
@@ -353,22 +409,27 @@ inline bool WgmmaRsSupports(const GemmArgs& a) {
   return a.act_format == Format::kBF16 && a.k_dim % gemm_rs_detail::kKStage == 0 && a.k_dim > 0;
 }
 
-// Grid: x = token tiles (worst case from static shapes), y = 128 (GEMM1) or
-// 256 (GEMM2) output features.
-template <int TT, int kStages, Format WF, GemmStage ST>
+// Plain grid: x = token tiles (worst case from static shapes), y = feature
+// blocks of 128 (GEMM1) or 256 (GEMM2). Persistent grid: one block per SM
+// (the ring takes most of its shared memory), at most one per work item.
+template <int TT, int kStages, bool kPersistent, Format WF, GemmStage ST>
 cudaError_t LaunchWgmmaRsGemm(const GemmArgs& a, int64_t max_tiles, cudaStream_t stream) {
 #ifdef JAX_MOE_CUDA_ARCH
   // wgmma exists on sm_90a only; other builds compile the kernel as a trap.
   if (std::string_view(JAX_MOE_CUDA_ARCH) != "sm_90a") return cudaErrorNotSupported;
 #endif
   if (!WgmmaRsSupports(a)) return LaunchWgmmaWsGemm<TT, 4, 1, WF, ST>(a, max_tiles, stream);
+  constexpr auto kKernel = WgmmaRsGemmKernel<TT, kStages, kPersistent, WF, ST>;
   constexpr int kSmem = gemm_rs_detail::RsSmemBytes<TT, kStages>();
-  if (const cudaError_t e = EnsureDynamicSmem<WgmmaRsGemmKernel<TT, kStages, WF, ST>>(kSmem); e != cudaSuccess)
-    return e;
-  const int features_per_block = ST == GemmStage::kGemm1 ? 128 : 256;
-  const dim3 grid(static_cast<unsigned>(max_tiles),
-                  static_cast<unsigned>((a.n_dim + features_per_block - 1) / features_per_block));
-  WgmmaRsGemmKernel<TT, kStages, WF, ST><<<grid, gemm_rs_detail::kThreads, kSmem, stream>>>(a);
+  if (const cudaError_t e = EnsureDynamicSmem<kKernel>(kSmem); e != cudaSuccess) return e;
+  const int64_t n_fb = (a.n_dim + gemm_rs_detail::FeaturesPerBlock<ST>() - 1) / gemm_rs_detail::FeaturesPerBlock<ST>();
+  dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>(n_fb));
+  if constexpr (kPersistent) {
+    int sms = 0;
+    if (const cudaError_t e = DeviceSms(&sms); e != cudaSuccess) return e;
+    grid = dim3(static_cast<unsigned>(std::min<int64_t>(sms, max_tiles * n_fb)));
+  }
+  kKernel<<<grid, gemm_rs_detail::kThreads, kSmem, stream>>>(a);
   g_wgmma_rs_launches.fetch_add(1, std::memory_order_relaxed);
   return cudaGetLastError();
 }
