@@ -51,12 +51,12 @@ def test_build_info():
 
 @pytest.mark.parametrize("T,family,tile", [(1, "cuda_mma_swap_ab", 8), (64, "cuda_mma_swap_ab", 8),
                                            (512, "cuda_mma_swap_ab", 16), (2048, "cuda_mma_swap_ab", 32),
-                                           (4096, "cuda_wgmma_warp_specialized", 128),
-                                           (16384, "cuda_wgmma_warp_specialized", 128)])
+                                           (4096, "cuda_wgmma_rs_persistent", 128),
+                                           (16384, "cuda_wgmma_rs_persistent", 128)])
 def test_cuda_default_follows_the_tuning_tables(T, family, tile):
     """The CUDA heuristic follows the measured tuner tables (benchmarks/results/autotune.md):
     the staged family with the token tile from the average expert load, capped at 32,
-    and the warp-specialised wgmma t128 once the load target reaches 120 tokens per expert."""
+    and the register-A cp.async wgmma t128 once the load target reaches 120 tokens per expert."""
     problem = jax_moe.MoEProblem(T, 2880, 2880, 128, 128, 4)
     t = jax_moe.tactics.tactic_table()[jax_moe.default_tactic(problem, "cuda")]
     assert (t.platform, t.family, t.tile_tokens) == ("cuda", tactics.kernel_families()[family], tile)
@@ -84,11 +84,13 @@ def test_weight_ring_rows_replace_their_twins_at_decode_loads(T, ring):
 
 
 def test_wgmma_candidates_survive_pruning_at_large_loads():
-    """Loads far above the largest wgmma tile still time both wgmma families (the
-    2026-12-01 tuning run had pruned them away at T >= 8192)."""
+    """Loads far above the largest wgmma tile still time the wgmma families (the
+    2026-12-01 tuning run had pruned them away at T >= 8192), except the first
+    register-A rows, which every other wgmma family beat (NOTES v3, v12)."""
     problem = jax_moe.MoEProblem(16384, 7168, 2048, 256, 256, 8)
     names = {tactics.tactic_table()[i].name for i in tactics.tuning_candidates(problem, "cuda")}
-    assert {"cuda_wgmma_t128", "cuda_wgmma_ws_t128", "cuda_wgmma_ws_t64"} <= names, names
+    assert {"cuda_wgmma_rs_t128", "cuda_wgmma_rsp_t128", "cuda_wgmma_ws_t128", "cuda_wgmma_ws_t64"} <= names, names
+    assert not names & {"cuda_wgmma_t64", "cuda_wgmma_t128"}, names
 
 
 def test_every_tactic_names_a_known_family():

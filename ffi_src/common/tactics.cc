@@ -46,9 +46,9 @@ bool IsExperimental(KernelFamily family) {
   // tests on 2026-12-01 (session 8, 513acc3) but stay out until their speed
   // is measured: the tuner's time budget has no room for a candidate that
   // may not win (benchmarks/NOTES.md v5).
-  // The register-A rows (2026-12-03, session 15) start here.
-  return family == KernelFamily::kCudaWgmmaWsTwoProducers || family == KernelFamily::kCudaWgmmaRs ||
-         family == KernelFamily::kCudaWgmmaRsPersistent;
+  // The register-A cp.async rows (plain and persistent) passed theirs on
+  // 2026-12-03 (H200, session 15: test_wgmma_rs_kernel, test_wgmma_family*).
+  return family == KernelFamily::kCudaWgmmaWsTwoProducers;
 }
 
 const char* FamilyName(KernelFamily family) {
@@ -196,8 +196,11 @@ double HeuristicTile(const MoeProblem& p, Platform platform) {
 }
 
 // Load target (tokens per expert) from which the CUDA default is the
-// warp-specialised wgmma family's 128-token tile (see DefaultTactic).
+// prefill family's 128-token tile (see DefaultTactic).
 constexpr double kWgmmaDefaultLoad = 120.0;
+// The prefill family. Rows it cannot run (activations not bf16, K % 64 != 0)
+// run the warp-specialised kernel of the same tile, the default before it.
+constexpr KernelFamily kPrefillFamily = KernelFamily::kCudaWgmmaRsPersistent;
 
 bool IsWgmmaFamily(KernelFamily f) {
   return f == KernelFamily::kCudaWgmmaSwapAB || f == KernelFamily::kCudaWgmmaWarpSpecialized ||
@@ -244,7 +247,10 @@ bool ReplacedByTwin(const MoeProblem& p, const Tactic& t) {
 // the rows with warps along K unless one is the default (PreferWarpsK picks the
 // measured winner among them; the others lost or tied it at every T = 1 / 8
 // row, NOTES v10).
-bool PrunedByMeasurement(const Tactic& t) { return t.warps_k > 1; }
+// Also the first register-A wgmma rows (kCudaWgmmaSwapAB): 14% of the matmul
+// rate at T = 4096 (v3), below the warp-specialised rows, which the
+// register-A cp.async rows beat 1.5-2x at every prefill row (v12).
+bool PrunedByMeasurement(const Tactic& t) { return t.warps_k > 1 || t.family == KernelFamily::kCudaWgmmaSwapAB; }
 // The decode default (average expert load <= 1 token): the staged row `best`
 // becomes its twin with two warps along K and a 3-deep ring (same tile) while
 // the smaller GEMM grid stays within 3 blocks per SM, unless `best` would
@@ -298,9 +304,12 @@ int64_t DefaultTactic(const MoeProblem& p, Platform platform) {
   // expert (T >= 3072 for both gpt-oss-120b and DeepSeek-V3: 1.13-1.34x over
   // the staged t32; 1.30x at gpt-oss T = 16384 in benchmarks.moe); below,
   // at a load of 104 (T = 2560), it won for DeepSeek-V3 and lost for
-  // gpt-oss-120b: benchmarks/results/autotune.md.
+  // gpt-oss-120b: benchmarks/results/autotune.md. The register-A cp.async
+  // rows (kPrefillFamily) replaced it there on 2026-12-03: 1.5-2.0x faster
+  // at T = 4096 / 16384 for all four model shapes, and at Mixtral-8x7B
+  // T = 512 (load 128), stage timer (benchmarks/NOTES.md v12).
   const bool prefill = platform == Platform::kCuda && LoadTarget(p) >= kWgmmaDefaultLoad;
-  const KernelFamily cuda_family = prefill ? KernelFamily::kCudaWgmmaWarpSpecialized : KernelFamily::kCudaMmaSwapAB;
+  const KernelFamily cuda_family = prefill ? kPrefillFamily : KernelFamily::kCudaMmaSwapAB;
   const double target = prefill ? WgmmaLoadTarget(p) : HeuristicTile(p, platform);
   int64_t best = -1;
   double best_gap = 0;
