@@ -89,7 +89,9 @@ def write_markdown(result: dict, path: str) -> None:
     fmt = lambda v, p=1: "-" if v is None else f"{v:.{p}f}"
     with open(path, "w") as f:
         first = result["parts"][0]
-        f.write(f"# fp4_moe vs floors, targets and peers ({first['device']}, {first['date']})\n\n")
+        dates = sorted({str(p["date"]) for p in result["parts"] if p.get("date")})
+        span = dates[0] if len(dates) <= 1 else f"{dates[0]} to {dates[-1]}"
+        f.write(f"# fp4_moe vs floors, targets and peers ({first['device']}, {span})\n\n")
         f.write("Merged from one `benchmarks.moe` run per part; each row's floors come from its own run.\n\n"
                 "| part | file | commit | jax | copy BW (GB/s) | bf16 matmul (TFLOP/s) | rows |\n"
                 "|---|---|---|---|---|---|---|\n")
