@@ -131,3 +131,17 @@ def test_merge_results_later_parts_replace_rows_they_measure_again(tmp_path):
     assert len(merged["rows"]) == 2
     assert (by_t[1]["time_us"], merged["parts"][by_t[1]["part"]]["commit"]) == (40.0, "bbb")
     assert (by_t[512]["time_us"], merged["parts"][by_t[512]["part"]]["commit"]) == (900.0, "aaa")
+
+
+def test_call_plan_rotates_copies_and_never_repeats_an_input():
+    """Decode rows time many calls per executable (rounds over the weight
+    copies); every call must get its own input rows, or XLA may merge equal
+    calls (the v2 tuner's 8x error), and consecutive calls other copies."""
+    from benchmarks.moe import call_plan, rounds_for
+
+    plan = call_plan(copies=3, rounds=4)
+    assert len(plan) == 12
+    assert len({i for i, _ in plan}) == 12
+    assert [c for _, c in plan] == [0, 1, 2] * 4
+    assert all(a[1] != b[1] for a, b in zip(plan, plan[1:]))
+    assert rounds_for(1, 8) == 8 and rounds_for(64, 8) == 8 and rounds_for(65, 8) == 1 and rounds_for(8, 0) == 1
