@@ -19,6 +19,7 @@
 #include "common/enums.h"
 #include "common/fp_formats.h"
 #include "cuda/fp4_decode.cuh"
+#include "cuda/wgmma.cuh"
 
 namespace jax_moe::cuda {
 
@@ -70,6 +71,9 @@ struct GemmArgs {
   // cp.async during this one (JAX_MOE_ACT_PREFETCH=0: off; the launcher
   // also clears it when rows are not 16-byte aligned).
   bool act_prefetch;
+  // Register-A wgmma family: MXFP8 activations on its own path
+  // (JAX_MOE_RS_MXFP8=1; else they run its warp-specialised fallback).
+  bool rs_mxfp8;
 };
 
 namespace gemm_detail {
@@ -362,12 +366,21 @@ __device__ __forceinline__ float WarpMaxOverRows(float v) {
 // h re-quantization (GEMM1), or the bf16 y rows (GEMM2). GEMM1 pairs m-tile
 // p (gate) with m-tile kMT/2 + p (up), features feat0 + 16*p + ...; kMT = 4
 // (32 features a warp) is the layout of the mma.sync families, kMT = 2 (16
-// features) the register-A wgmma family's, which cannot re-quantize h to
-// MXFP8 (a block of 32 features spans two warps there) and never has to.
-template <int kMT, int kNT, Format WF, GemmStage ST, int kMtStride = 16>
+// features) the register-A wgmma family's. There an MXFP8 block of 32
+// features spans warps w and w ^ 1 of a warpgroup, so their amaxes meet in
+// shared memory: with kMxExchange, `mx` names this warpgroup's [4 warps][kNT
+// * 8 tokens] floats, the named barrier over its 128 threads and the warp's
+// index in it; every warp of the warpgroup must take part.
+struct MxAmaxExchange {
+  float* amax = nullptr;
+  int barrier = 0;
+  int warp = 0;
+};
+template <int kMT, int kNT, Format WF, GemmStage ST, int kMtStride = 16, bool kMxExchange = false>
 __device__ __forceinline__ void GemmEpilogue(const GemmArgs& a, const float (&acc)[kMT][kNT][4],
                                              const bool (&mt_valid)[kMT], const int32_t* s_expanded,
-                                             int col0, int64_t row0, int feat0, int expert) {
+                                             int col0, int64_t row0, int feat0, int expert,
+                                             const MxAmaxExchange& mx = MxAmaxExchange{}) {
   const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   float scale = 1.0f;
   if (a.a_global) scale /= a.a_global[0];
@@ -420,8 +433,36 @@ __device__ __forceinline__ void GemmEpilogue(const GemmArgs& a, const float (&ac
         }
     switch (a.act_format) {
       case Format::kMXFP8: {
-        if constexpr (kPairs != 2) {
-          __trap();  // the launcher never runs a 16-feature warp layout with MXFP8 h
+        if constexpr (kPairs != 2 && !kMxExchange) {
+          __trap();  // a launcher bug: 16-feature warps with MXFP8 h need the exchange (kMxExchange)
+        } else if constexpr (kPairs != 2) {
+          // 16 features a warp: the partner warp (w ^ 1) holds the other 16 of the block.
+          float own[kNT][2];
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              own[nt][c] = WarpMaxOverRows(fmaxf(fabsf(hv[0][nt][c]), fabsf(hv[0][nt][2 + c])));
+              if (g == 0) mx.amax[mx.warp * kNT * 8 + nt * 8 + 2 * q + c] = own[nt][c];
+            }
+          wgmma::BarrierSync(mx.barrier, 128);
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int col = col0 + nt * 8 + 2 * q + c;
+              const float amax = fmaxf(own[nt][c], mx.amax[(mx.warp ^ 1) * kNT * 8 + nt * 8 + 2 * q + c]);
+              const int ex = s_expanded[col];
+              if (ex < 0 || !mt_valid[0]) continue;
+              const uint8_t sf = MxScaleByte(amax, 448.0f);
+              const float inv = amax > 0.0f ? Pow2(127 - sf) : 0.0f;
+              const int64_t row = row0 + col;
+              uint8_t* dst = a.h + row * a.h_row_bytes;
+#pragma unroll
+              for (int half = 0; half < 2; ++half) dst[feat0 + g + 8 * half] = FloatToE4m3(hv[0][nt][2 * half + c] * inv);
+              if (g == 0 && (mx.warp & 1) == 0) a.h_scale[row * a.h_scale_row_bytes + feat0 / 32] = sf;
+            }
+          wgmma::BarrierSync(mx.barrier, 128);  // the buffer is free for the next item
         } else {
         // One block of 32 features = this warp's 32 features (I % 32 == 0).
 #pragma unroll

@@ -86,12 +86,27 @@ struct RsShape {
   static constexpr int kBBytes = TT * kKStage * 2;   // 16 KB of bf16 tokens
   static constexpr int kStageBytes = kABytes + kBBytes;
   static_assert(kABytes % 1024 == 0 && kStageBytes % 1024 == 0, "swizzle atoms are 1024-byte aligned");
+  // MXFP8 activations: each stage's token rows arrive raw (64 e4m3 bytes a
+  // row) with their two ue8m0 scale bytes in a second ring, and the producer
+  // converts them into the bf16 stage (RsConvertMxfp8Stage).
+  static constexpr int kRawRowBytes = kKStage;
+  static constexpr int kRawBytes = TT * kRawRowBytes + TT * 2;
+  // GEMM1 with MXFP8 h: per consumer, [4 warps][TT tokens] amaxes (GemmEpilogue's MxAmaxExchange).
+  static constexpr int kAmaxBytes = 2 * 4 * TT * 4;
 };
+
+// Named barriers: 0 (__syncthreads), FULL 1 .. kStages, EMPTY kStages + 1 .. 2 kStages, then the
+// producer's own (MXFP8 conversion) and one per consumer (MXFP8 h amaxes).
+template <int kStages>
+constexpr int kProducerBarrier = 2 * kStages + 1;
+template <int kStages>
+constexpr int kConsumerBarrier0 = 2 * kStages + 2;
 
 // The ring (1024-byte aligned: up to 1023 bytes of slack ahead of it).
 template <int TT, int kStages>
-constexpr int RsSmemBytes() {
-  return 1024 + kStages * RsShape<TT>::kStageBytes;
+constexpr int RsSmemBytes(bool raw_activations) {
+  return 1024 + kStages * RsShape<TT>::kStageBytes +
+         (raw_activations ? kStages * RsShape<TT>::kRawBytes + RsShape<TT>::kAmaxBytes : 0);
 }
 
 // Byte offset of 16-byte chunk h (0, 1) of block row r in a stage's weight
@@ -154,6 +169,50 @@ __device__ __forceinline__ int BlockWeightRow(const GemmArgs& a, int fb, int r, 
   }
 }
 
+// Token t's raw MXFP8 row of stage slot s -> its bf16 row of the stage, in
+// natural K order and the token tile's swizzle. Pairs of e4m3 bytes become
+// bf16x2 through E4m3PairToFoldedBf16x2 (value * 2^119, exact), times 2^-119
+// and the block's 2^(e - 127): both exact (products of at most 4
+// significant bits and powers of two; 2^-9 is the smallest e4m3 value).
+template <int TT>
+__device__ __forceinline__ void RsConvertMxfp8Row(uint32_t raw_st, uint32_t b_st, int t) {
+  using S = RsShape<TT>;
+  uint16_t sc;
+  asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(sc) : "r"(raw_st + TT * S::kRawRowBytes + 2u * t));
+  const uint32_t scales = static_cast<uint32_t>(Ue8m0ToBf16Bits(sc & 0xffu)) |
+                          (static_cast<uint32_t>(Ue8m0ToBf16Bits(static_cast<uint32_t>(sc) >> 8)) << 16);
+  constexpr uint32_t kPow2Minus119 = 0x04000400u;  // (2^-119, 2^-119)
+#pragma unroll
+  for (int c = 0; c < 8; ++c) {  // 8 e4m3 values (two words) -> one 16-byte bf16 chunk
+    uint32_t w0, w1;
+    asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];\n" : "=r"(w0), "=r"(w1) : "r"(raw_st + t * S::kRawRowBytes + 8u * c));
+    uint32_t o[4];
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      const uint32_t w = p < 2 ? w0 : w1;
+      const uint32_t v = MulBf16x2(E4m3PairToFoldedBf16x2(Prmt(w, 0u, Nvfp4ScaleSelector(2 * (p & 1)))), kPow2Minus119);
+      o[p] = c < 4 ? MulBf16x2ByHalf<0>(v, scales) : MulBf16x2ByHalf<1>(v, scales);
+    }
+    const uint32_t dst = b_st + static_cast<uint32_t>(t) * 128u + (static_cast<uint32_t>(c ^ (t & 7)) << 4);
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(o[0]), "r"(o[1]), "r"(o[2]), "r"(o[3])
+                 : "memory");
+  }
+}
+
+// A stage whose copies this thread has waited for goes to the consumers:
+// bf16 needs only the proxy fence; MXFP8 first waits for every producer
+// thread's copies (producer barrier) and converts token t's row.
+template <int TT, int kStages, Format AF>
+__device__ __forceinline__ void RsFinishStage(uint32_t ring, uint32_t raw_ring, int s) {
+  using S = RsShape<TT>;
+  if constexpr (AF == Format::kMXFP8) {
+    wgmma::BarrierSync(kProducerBarrier<kStages>, kWarpgroup);
+    RsConvertMxfp8Row<TT>(raw_ring + s * S::kRawBytes, ring + s * S::kStageBytes + S::kABytes, threadIdx.x);
+  }
+  wgmma::FenceSharedForAsync();  // cp.async / st.shared wrote through the generic proxy; wgmma reads the async one
+  wgmma::BarrierArrive(1 + s, kThreads);  // FULL
+}
+
 // The producer warpgroup: cp.async only. Per stage a thread copies 4 weight
 // chunks (block rows (t >> 1) + 64 i, chunk t & 1) and 8 token chunks
 // (tokens (t >> 3) + 16 j, chunk t & 7: a warp reads 4 whole 128-byte rows
@@ -162,10 +221,17 @@ __device__ __forceinline__ int BlockWeightRow(const GemmArgs& a, int fb, int r, 
 // barrier waits for every producer thread). Stages are counted across the
 // block's work items, so the next item's first stages are copied while the
 // consumers run the epilogue of the last one.
-template <int TT, int kStages, bool kPersistent, GemmStage ST>
+// MXFP8 (AF): the stage's token rows are copied raw into the second ring
+// (thread t: chunk t & 3 of rows (t >> 2) + 32 j) and their scale bytes
+// loaded and stored by thread t for token t; when the stage has landed
+// (every producer thread's copies: a producer barrier), thread t converts
+// token t's row into the bf16 stage before FULL.
+template <int TT, int kStages, bool kPersistent, Format AF, GemmStage ST>
 __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<kPersistent, ST>& work, uint32_t ring,
-                                          int n_stages) {
+                                          uint32_t raw_ring, int n_stages) {
   using S = RsShape<TT>;
+  static_assert(AF == Format::kBF16 || AF == Format::kMXFP8, "register-A wgmma: bf16 or MXFP8 activations");
+  constexpr bool kRaw = AF == Format::kMXFP8;
   constexpr int kLag = kStages - 2;
   const int t = threadIdx.x;
   const int64_t k_bytes = a.k_dim / 2;
@@ -187,15 +253,24 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<kPersi
       wsrc[i] = w + row * k_bytes + 16 * (t & 1);
       wbytes[i] = valid ? 16 : 0;  // rows past n_dim are zero-filled
     }
-    const uint8_t* asrc[TT / 16];
-    int abytes[TT / 16];
+    // bf16: 8 token chunks a thread (tokens (t >> 3) + 16 j, chunk t & 7); MXFP8: 4 raw chunks
+    // (tokens (t >> 2) + 32 j, chunk t & 3) and token t's scale row.
+    constexpr int kCopies = kRaw ? TT / 32 : TT / 16;
+    const uint8_t* asrc[kCopies];
+    int abytes[kCopies];
 #pragma unroll
-    for (int j = 0; j < TT / 16; ++j) {
-      const int n = (t >> 3) + 16 * j;
+    for (int j = 0; j < kCopies; ++j) {
+      const int n = kRaw ? (t >> 2) + 32 * j : (t >> 3) + 16 * j;
       const int ex = a.permuted_to_expanded[static_cast<int64_t>(tile) * TT + n];
       const int64_t src = ex < 0 ? 0 : (a.gather_tokens ? ex / a.top_k : static_cast<int64_t>(tile) * TT + n);
-      asrc[j] = a.a_data + src * a.a_row_bytes + 16 * (t & 7);
+      asrc[j] = a.a_data + src * a.a_row_bytes + 16 * (kRaw ? (t & 3) : (t & 7));
       abytes[j] = ex < 0 ? 0 : 16;  // padding rows are zero-filled
+    }
+    const uint16_t* my_scales = nullptr;  // MXFP8: token t's scale bytes (null: a padding row)
+    if constexpr (kRaw) {
+      const int ex = a.permuted_to_expanded[static_cast<int64_t>(tile) * TT + t];
+      const int64_t src = a.gather_tokens ? ex / a.top_k : static_cast<int64_t>(tile) * TT + t;
+      if (ex >= 0) my_scales = reinterpret_cast<const uint16_t*>(a.a_scale + src * a.a_scale_row_bytes);
     }
     for (int st = 0; st < n_stages; ++st, ++gs) {
       const int s = gs % kStages;
@@ -204,20 +279,35 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<kPersi
       const int64_t koff = static_cast<int64_t>(st) * kRowBytes;
 #pragma unroll
       for (int i = 0; i < 4; ++i) CpAsync16Shared(a_st + wdst0 + 64u * kRowBytes * i, wsrc[i] + koff, wbytes[i]);
+      if constexpr (kRaw) {
+        const uint32_t raw_st = raw_ring + s * S::kRawBytes;
 #pragma unroll
-      for (int j = 0; j < TT / 16; ++j)
-        CpAsync16Shared(b_st + adst0 + 2048u * j, asrc[j] + 2 * kKStage * static_cast<int64_t>(st), abytes[j]);
+        for (int j = 0; j < kCopies; ++j)
+          CpAsync16Shared(raw_st + static_cast<uint32_t>((t >> 2) + 32 * j) * S::kRawRowBytes + 16u * (t & 3),
+                          asrc[j] + S::kRawRowBytes * static_cast<int64_t>(st), abytes[j]);
+        // The stage's two scale bytes of token t (0: a padding row, whose codes are zero-filled).
+        const uint32_t sc = my_scales != nullptr ? __ldg(my_scales + st) : 0u;
+        asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(raw_st + TT * S::kRawRowBytes + 2u * t), "h"(static_cast<uint16_t>(sc))
+                     : "memory");
+      } else {
+#pragma unroll
+        for (int j = 0; j < kCopies; ++j)
+          CpAsync16Shared(b_st + adst0 + 2048u * j, asrc[j] + 2 * kKStage * static_cast<int64_t>(st), abytes[j]);
+      }
       CpAsyncCommit();
       if (gs >= kLag) {
         CpAsyncWait<kLag>();
-        wgmma::FenceSharedForAsync();  // cp.async wrote through the generic proxy; wgmma reads through the async one
-        wgmma::BarrierArrive(1 + (gs - kLag) % kStages, kThreads);  // FULL
+        RsFinishStage<TT, kStages, AF>(ring, raw_ring, (gs - kLag) % kStages);
       }
     }
   }
   CpAsyncWait<0>();
-  wgmma::FenceSharedForAsync();
-  for (int g = gs > kLag ? gs - kLag : 0; g < gs; ++g) wgmma::BarrierArrive(1 + g % kStages, kThreads);
+  if constexpr (kRaw) {
+    for (int g = gs > kLag ? gs - kLag : 0; g < gs; ++g) RsFinishStage<TT, kStages, AF>(ring, raw_ring, g % kStages);
+  } else {  // one fence for the last stages (the bf16 kernels as measured in v12)
+    wgmma::FenceSharedForAsync();
+    for (int g = gs > kLag ? gs - kLag : 0; g < gs; ++g) wgmma::BarrierArrive(1 + g % kStages, kThreads);
+  }
 }
 
 // One consumer thread's weight rows: rows g and g + 8 of its warp's 16 in
@@ -303,15 +393,21 @@ __device__ __forceinline__ void DecodeStep(const RsLaneRows<WF, ST>& rows, uint3
 
 }  // namespace gemm_rs_detail
 
-template <int TT, int kStages, bool kPersistent, Format WF, GemmStage ST>
+// kMx: MXFP8 activations (the producer converts the token tile, GEMM1
+// re-quantizes h across warp pairs); a separate instantiation, so the bf16
+// kernels carry none of it.
+template <int TT, int kStages, bool kPersistent, bool kMx, Format WF, GemmStage ST>
 __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel(const GemmArgs a) {
   using namespace gemm_detail;
   using namespace gemm_rs_detail;
   using S = RsShape<TT>;
-  static_assert(kStages >= 3 && 1 + 2 * kStages <= 16, "named barriers: 16 per block");
+  static_assert(kStages >= 3 && kConsumerBarrier0<kStages> + 1 <= 15, "named barriers: 16 per block");
   extern __shared__ __align__(1024) uint8_t rs_smem[];
   const uint32_t raw_base = wgmma::SmemAddress(rs_smem);
   const uint32_t ring = (raw_base + 1023u) & ~1023u;
+  const uint32_t raw_ring = ring + kStages * S::kStageBytes;  // MXFP8 only (RsSmemBytes)
+  float* const s_amax = reinterpret_cast<float*>(rs_smem + (ring - raw_base) + kStages * S::kStageBytes +
+                                                 kStages * S::kRawBytes);
 
   const RsWork<kPersistent, ST> work(a);
   if (work.count == 0) return;  // whole block
@@ -319,7 +415,7 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
   const int wg = threadIdx.x / kWarpgroup;
   if (wg == 0) {
     wgmma::SetMaxRegisters<false, kProducerRegs>();
-    RsProduce<TT, kStages, kPersistent, ST>(a, work, ring, n_stages);
+    RsProduce<TT, kStages, kPersistent, kMx ? Format::kMXFP8 : Format::kBF16, ST>(a, work, ring, raw_ring, n_stages);
     return;
   }
   wgmma::SetMaxRegisters<true, kConsumerRegs>();
@@ -394,22 +490,35 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
     if (gs - 1 + kStages < total) wgmma::BarrierArrive(1 + kStages + (gs - 1) % kStages, kThreads);
 
     const int feat0 = fb * FeaturesPerBlock<ST>() + (ST == GemmStage::kGemm1 ? 64 : 128) * c + 16 * warp;
-    if (feat0 < a.n_dim) {
+    // MXFP8 h: every warp of the warpgroup meets the amax barrier, so warps
+    // past n_dim run the epilogue too (their stores are masked by mt_valid).
+    constexpr bool mx_h = kMx && ST == GemmStage::kGemm1;
+    if (feat0 < a.n_dim || mx_h) {
       bool mt_valid[kMT];
 #pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) mt_valid[mt] = ST == GemmStage::kGemm1 ? true : feat0 + 64 * mt < a.n_dim;
+      for (int mt = 0; mt < kMT; ++mt)
+        mt_valid[mt] = ST == GemmStage::kGemm1 ? feat0 < a.n_dim : feat0 + 64 * mt < a.n_dim;
+      const MxAmaxExchange mx{s_amax + c * 4 * TT, kConsumerBarrier0<kStages> + c, warp};
       // The tile's expanded indices straight from global memory (L1/L2): a
       // shared copy would need double-buffering against the producer.
-      GemmEpilogue<kMT, TT / 8, WF, ST, 64>(a, acc, mt_valid, a.permuted_to_expanded + static_cast<int64_t>(tile) * TT,
-                                            0, static_cast<int64_t>(tile) * TT, feat0, expert);
+      GemmEpilogue<kMT, TT / 8, WF, ST, 64, mx_h>(a, acc, mt_valid,
+                                                  a.permuted_to_expanded + static_cast<int64_t>(tile) * TT, 0,
+                                                  static_cast<int64_t>(tile) * TT, feat0, expert, mx);
     }
   }
 }
 
 // Whether the register-A kernel runs this GEMM (else its fallback does).
+// MXFP8 activations (the producer converts the token tile; GEMM1 quantizes
+// h across warp pairs) only with JAX_MOE_RS_MXFP8=1 until that path has
+// passed the GPU suite: written 2026-12-03 without a device (NOTES v12).
 inline bool WgmmaRsSupports(const GemmArgs& a) {
-  return a.act_format == Format::kBF16 && a.k_dim % gemm_rs_detail::kKStage == 0 && a.k_dim > 0;
+  const bool acts = a.act_format == Format::kBF16 || (a.act_format == Format::kMXFP8 && a.rs_mxfp8);
+  return acts && a.k_dim % gemm_rs_detail::kKStage == 0 && a.k_dim > 0;
 }
+
+template <int TT, int kStages, bool kPersistent, bool kMx, Format WF, GemmStage ST>
+cudaError_t LaunchWgmmaRsKernel(const GemmArgs& a, int64_t max_tiles, cudaStream_t stream);
 
 // Plain grid: x = token tiles (worst case from static shapes), y = feature
 // blocks of 128 (GEMM1) or 256 (GEMM2). Persistent grid: one block per SM
@@ -421,8 +530,14 @@ cudaError_t LaunchWgmmaRsGemm(const GemmArgs& a, int64_t max_tiles, cudaStream_t
   if (std::string_view(JAX_MOE_CUDA_ARCH) != "sm_90a") return cudaErrorNotSupported;
 #endif
   if (!WgmmaRsSupports(a)) return LaunchWgmmaWsGemm<TT, 4, 1, WF, ST>(a, max_tiles, stream);
-  constexpr auto kKernel = WgmmaRsGemmKernel<TT, kStages, kPersistent, WF, ST>;
-  constexpr int kSmem = gemm_rs_detail::RsSmemBytes<TT, kStages>();
+  return a.act_format == Format::kMXFP8 ? LaunchWgmmaRsKernel<TT, kStages, kPersistent, true, WF, ST>(a, max_tiles, stream)
+                                        : LaunchWgmmaRsKernel<TT, kStages, kPersistent, false, WF, ST>(a, max_tiles, stream);
+}
+
+template <int TT, int kStages, bool kPersistent, bool kMx, Format WF, GemmStage ST>
+cudaError_t LaunchWgmmaRsKernel(const GemmArgs& a, int64_t max_tiles, cudaStream_t stream) {
+  constexpr auto kKernel = WgmmaRsGemmKernel<TT, kStages, kPersistent, kMx, WF, ST>;
+  constexpr int kSmem = gemm_rs_detail::RsSmemBytes<TT, kStages>(kMx);
   if (const cudaError_t e = EnsureDynamicSmem<kKernel>(kSmem); e != cudaSuccess) return e;
   const int64_t n_fb = (a.n_dim + gemm_rs_detail::FeaturesPerBlock<ST>() - 1) / gemm_rs_detail::FeaturesPerBlock<ST>();
   dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>(n_fb));
