@@ -9,7 +9,8 @@
 //   nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -isystem <jaxlib>/include -Iffi_src \
 //     benchmarks/stage_timer.cu ffi_src/cuda/{routing,permute,gemm1,gemm2,finalize}.cu \
 //     ffi_src/common/{problem,tactics}.cc -o stage_timer
-//   ./stage_timer [--models a,b] [--tokens 1,8] [--tactics default,name] [--weights nvfp4] [--reps 30]
+//   ./stage_timer [--models a,b] [--tokens 1,8] [--tactics default,name] [--weights nvfp4]
+//                 [--acts bf16|mxfp8] [--reps 30]    # MXFP8 rows are labelled <tactic>@mxfp8
 //   ./stage_timer --pattern [--reps 30]    # the weight access-pattern probe alone
 //   ./stage_timer --finalize --tokens 256,512,4096   # also each finalize kernel alone per row
 //
@@ -113,12 +114,12 @@ double Median(std::vector<float> v) {
   return v.empty() ? 0.0 : 1e3 * v[v.size() / 2];  // ms -> us
 }
 
-int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf, int reps, uint8_t* flush,
-            size_t flush_bytes, bool finalize_kinds) {
+int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf, Format af, int reps,
+            uint8_t* flush, size_t flush_bytes, bool finalize_kinds) {
   MoeProblem p;
   p.num_tokens = T; p.hidden_size = m.H; p.intermediate_size = m.I;
   p.num_local_experts = m.E; p.local_expert_offset = 0;
-  p.weight_format = wf; p.act_format = Format::kBF16;
+  p.weight_format = wf; p.act_format = af;
   const bool ds = m.method == RoutingMethod::kDEEPSEEK_V3;
   p.routing = RoutingParams{m.method, static_cast<int>(m.E), static_cast<int>(m.K), ds ? 8 : 0, ds ? 4 : 0,
                             ds ? 2.5f : 1.0f};
@@ -147,16 +148,24 @@ int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf
   if (!invalid.empty()) { std::printf("invalid: %s\n", invalid.c_str()); return 1; }
   const Tactic& tactic = TacticTable()[p.tactic];
   const Tactic& tactic2 = TacticTable()[Gemm2Tactic(p)];
-  const std::string label = Gemm2Tactic(p) == p.tactic ? std::string(tactic.name)
-                                                       : std::string(tactic.name) + "+" + tactic2.name;
+  // (MXFP8 activations: the label carries "@mxfp8", so rows of both kinds stay apart.)
+  const std::string label = (Gemm2Tactic(p) == p.tactic ? std::string(tactic.name)
+                                                        : std::string(tactic.name) + "+" + tactic2.name) +
+                            (af == Format::kMXFP8 ? "@mxfp8" : "");
   const WorkspaceLayout layout = PlanWorkspaceFor(p, tactic, tactic2);
   const int64_t H = m.H, I = m.I, E = m.E;
   const int wb = BlockSize(wf);
   const bool nv = wf == Format::kNVFP4;
   MoeBuffers b{};
-  uint16_t* x = Alloc<uint16_t>(T * H);
-  FillBf16<<<1024, 256>>>(x, T * H, g_seed++);
-  b.hidden = x;
+  if (af == Format::kMXFP8) {
+    // Positive e4m3 codes 0x00..0x7e (no NaN), ue8m0 scales 2^-7 .. 1.
+    b.hidden = RandomBytes(T * H, 0, 0x7e);
+    b.hidden_scale = RandomBytes(T * H / 32, 120, 127);
+  } else {
+    uint16_t* x = Alloc<uint16_t>(T * H);
+    FillBf16<<<1024, 256>>>(x, T * H, g_seed++);
+    b.hidden = x;
+  }
   b.hidden_global = Constant(1, 1.0f);
   b.logits = RandomFloats(T * E, 4.0f);
   if (ds) b.routing_bias = RandomFloats(E, 0.1f);
@@ -365,7 +374,7 @@ int ProbePatterns(int reps, uint8_t* flush, size_t flush_bytes) {
 
 int main(int argc, char** argv) {
   std::string models = "qwen3-30b-a3b,gpt-oss-120b,deepseek-v3,mixtral-8x7b", tokens = "1,8,64",
-              tactics = "default", weights = "nvfp4";
+              tactics = "default", weights = "nvfp4", acts = "bf16";
   int reps = 30;
   bool pattern = false, finalize_kinds = false;
   for (int i = 1; i < argc; ++i) {
@@ -379,6 +388,7 @@ int main(int argc, char** argv) {
     else if (k == "--tokens") tokens = v;
     else if (k == "--tactics") tactics = v;
     else if (k == "--weights") weights = v;
+    else if (k == "--acts") acts = v;
     else if (k == "--reps") reps = std::atoi(v.c_str());
     else { std::printf("unknown option %s\n", k.c_str()); return 1; }
   }
@@ -393,9 +403,10 @@ int main(int argc, char** argv) {
   // dependent launch, activation prefetch, fused routing (timer_report keys the rows on them).
   std::printf("stage_timer: median of %d, L2 flushed before each, JAX_MOE_MAX_K_SPLITS=%s "
               "JAX_MOE_L2_PREFETCH=%s JAX_MOE_DEPENDENT_LAUNCH=%s JAX_MOE_ACT_PREFETCH=%s JAX_MOE_FUSED_ROUTING=%s "
-              "JAX_MOE_MIN_KB_PER_SPLIT=%s\n",
+              "JAX_MOE_MIN_KB_PER_SPLIT=%s JAX_MOE_RS_MXFP8=%s\n",
               reps, env("JAX_MOE_MAX_K_SPLITS"), env("JAX_MOE_L2_PREFETCH"), env("JAX_MOE_DEPENDENT_LAUNCH"),
-              env("JAX_MOE_ACT_PREFETCH"), env("JAX_MOE_FUSED_ROUTING"), env("JAX_MOE_MIN_KB_PER_SPLIT"));
+              env("JAX_MOE_ACT_PREFETCH"), env("JAX_MOE_FUSED_ROUTING"), env("JAX_MOE_MIN_KB_PER_SPLIT"),
+              env("JAX_MOE_RS_MXFP8"));
   if (pattern) return ProbePatterns(reps, flush, flush_bytes);
   int failures = 0;
   for (const std::string& w : Split(weights))
@@ -407,6 +418,7 @@ int main(int argc, char** argv) {
       for (const std::string& t : Split(tokens))
         for (const std::string& tac : Split(tactics))
           failures += TimeOne(*m, std::atoll(t.c_str()), tac, w == "mxfp4" ? Format::kMXFP4 : Format::kNVFP4,
+                              acts == "mxfp8" ? Format::kMXFP8 : Format::kBF16,
                               reps, flush, flush_bytes, finalize_kinds);
     }
   CHECK_CUDA(cudaFree(flush));
