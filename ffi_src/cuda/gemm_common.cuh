@@ -433,11 +433,13 @@ __device__ __forceinline__ void GemmEpilogue(const GemmArgs& a, const float (&ac
         }
     switch (a.act_format) {
       case Format::kMXFP8: {
-        if constexpr (kPairs != 2 && !kMxExchange) {
-          __trap();  // a launcher bug: 16-feature warps with MXFP8 h need the exchange (kMxExchange)
-        } else if constexpr (kPairs != 2) {
-          // 16 features a warp: the partner warp (w ^ 1) holds the other 16 of the block.
-          float own[kNT][2];
+        if constexpr (kPairs == 1 && !kMxExchange) {
+          __trap();  // a launcher bug: 16-feature warps with MXFP8 h need the amax exchange (kMxExchange)
+        } else {
+        // kPairs = 1: a block of 32 features spans this warp and its partner
+        // (w ^ 1); each posts the amax of its 16, then both read the other's.
+        float own[kNT][2];
+        if constexpr (kPairs == 1) {
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
@@ -446,38 +448,25 @@ __device__ __forceinline__ void GemmEpilogue(const GemmArgs& a, const float (&ac
               if (g == 0) mx.amax[mx.warp * kNT * 8 + nt * 8 + 2 * q + c] = own[nt][c];
             }
           wgmma::BarrierSync(mx.barrier, 128);
-#pragma unroll
-          for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-              const int col = col0 + nt * 8 + 2 * q + c;
-              const float amax = fmaxf(own[nt][c], mx.amax[(mx.warp ^ 1) * kNT * 8 + nt * 8 + 2 * q + c]);
-              const int ex = s_expanded[col];
-              if (ex < 0 || !mt_valid[0]) continue;
-              const uint8_t sf = MxScaleByte(amax, 448.0f);
-              const float inv = amax > 0.0f ? Pow2(127 - sf) : 0.0f;
-              const int64_t row = row0 + col;
-              uint8_t* dst = a.h + row * a.h_row_bytes;
-#pragma unroll
-              for (int half = 0; half < 2; ++half) dst[feat0 + g + 8 * half] = FloatToE4m3(hv[0][nt][2 * half + c] * inv);
-              if (g == 0 && (mx.warp & 1) == 0) a.h_scale[row * a.h_scale_row_bytes + feat0 / 32] = sf;
-            }
-          wgmma::BarrierSync(mx.barrier, 128);  // the buffer is free for the next item
-        } else {
-        // One block of 32 features = this warp's 32 features (I % 32 == 0).
+        }
+        // One block of 32 features = this warp's 32 (kPairs = 2) or the warp pair's (I % 32 == 0).
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
             float amax = 0.0f;
+            if constexpr (kPairs == 1) {
+              amax = fmaxf(own[nt][c], mx.amax[(mx.warp ^ 1) * kNT * 8 + nt * 8 + 2 * q + c]);
+            } else {
 #pragma unroll
-            for (int pair = 0; pair < kPairs; ++pair)
+              for (int pair = 0; pair < kPairs; ++pair)
 #pragma unroll
-              for (int half = 0; half < 2; ++half) amax = fmaxf(amax, fabsf(hv[pair][nt][2 * half + c]));
-            amax = WarpMaxOverRows(amax);
+                for (int half = 0; half < 2; ++half) amax = fmaxf(amax, fabsf(hv[pair][nt][2 * half + c]));
+              amax = WarpMaxOverRows(amax);
+            }
             const int col = col0 + nt * 8 + 2 * q + c;
             const int ex = s_expanded[col];
-            if (ex < 0) continue;
+            if (ex < 0 || (kPairs == 1 && !mt_valid[0])) continue;  // (kPairs = 1: warps past n_dim came for the barrier)
             const uint8_t sf = MxScaleByte(amax, 448.0f);
             const float inv = amax > 0.0f ? Pow2(127 - sf) : 0.0f;
             const int64_t row = row0 + col;
@@ -487,8 +476,9 @@ __device__ __forceinline__ void GemmEpilogue(const GemmArgs& a, const float (&ac
 #pragma unroll
               for (int half = 0; half < 2; ++half)
                 dst[feat0 + 16 * pair + g + 8 * half] = FloatToE4m3(hv[pair][nt][2 * half + c] * inv);
-            if (g == 0) a.h_scale[row * a.h_scale_row_bytes + feat0 / 32] = sf;
+            if (g == 0 && (kPairs == 2 || (mx.warp & 1) == 0)) a.h_scale[row * a.h_scale_row_bytes + feat0 / 32] = sf;
           }
+        if constexpr (kPairs == 1) wgmma::BarrierSync(mx.barrier, 128);  // the buffer is free for the next item
         }
         break;
       }

@@ -88,7 +88,7 @@ struct RsShape {
   static_assert(kABytes % 1024 == 0 && kStageBytes % 1024 == 0, "swizzle atoms are 1024-byte aligned");
   // MXFP8 activations: each stage's token rows arrive raw (64 e4m3 bytes a
   // row) with their two ue8m0 scale bytes in a second ring, and the producer
-  // converts them into the bf16 stage (RsConvertMxfp8Stage).
+  // converts them into the bf16 stage (RsConvertMxfp8Row).
   static constexpr int kRawRowBytes = kKStage;
   static constexpr int kRawBytes = TT * kRawRowBytes + TT * 2;
   // GEMM1 with MXFP8 h: per consumer, [4 warps][TT tokens] amaxes (GemmEpilogue's MxAmaxExchange).
@@ -116,10 +116,14 @@ __device__ __forceinline__ uint32_t ARowOffset(int r, int h) {
   return static_cast<uint32_t>(r) * kRowBytes + (static_cast<uint32_t>(h ^ ((r >> 2) & 1)) << 4);
 }
 
-// Output features of one work item's feature block.
+// Output features of one work item's feature block, and the blocks of a GEMM.
 template <GemmStage ST>
 constexpr int FeaturesPerBlock() {
   return ST == GemmStage::kGemm1 ? 128 : 256;
+}
+template <GemmStage ST>
+__host__ __device__ constexpr int FeatureBlocks(int n_dim) {
+  return (n_dim + FeaturesPerBlock<ST>() - 1) / FeaturesPerBlock<ST>();
 }
 
 // One work item: a token tile and a feature block. The plain grid runs one
@@ -132,7 +136,7 @@ template <bool kPersistent, GemmStage ST>
 struct RsWork {
   int count, n_fb;
   __device__ __forceinline__ explicit RsWork(const GemmArgs& a) {
-    n_fb = (a.n_dim + FeaturesPerBlock<ST>() - 1) / FeaturesPerBlock<ST>();
+    n_fb = FeatureBlocks<ST>(a.n_dim);
     const int tiles = *a.num_tiles;  // the live tiles (device-side count)
     if constexpr (kPersistent) {
       const int work = tiles * n_fb;
@@ -539,7 +543,7 @@ cudaError_t LaunchWgmmaRsKernel(const GemmArgs& a, int64_t max_tiles, cudaStream
   constexpr auto kKernel = WgmmaRsGemmKernel<TT, kStages, kPersistent, kMx, WF, ST>;
   constexpr int kSmem = gemm_rs_detail::RsSmemBytes<TT, kStages>(kMx);
   if (const cudaError_t e = EnsureDynamicSmem<kKernel>(kSmem); e != cudaSuccess) return e;
-  const int64_t n_fb = (a.n_dim + gemm_rs_detail::FeaturesPerBlock<ST>() - 1) / gemm_rs_detail::FeaturesPerBlock<ST>();
+  const int64_t n_fb = gemm_rs_detail::FeatureBlocks<ST>(a.n_dim);
   dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>(n_fb));
   if constexpr (kPersistent) {
     int sms = 0;
