@@ -4,7 +4,9 @@
 # ones, and these binaries link the CUDA runtime statically. gpu_check.sh uses a carried
 # prebuilt/<name> when it is there and with the commit it was built
 # from (prebuilt/<name>.commit).
-# Usage: bash benchmarks/build_drivers.sh [stage_timer] [routing_check] [sanitizer_harness] [extension]
+# Usage: bash benchmarks/build_drivers.sh [stage_timer] [stage_timer_stamps] [routing_check] [sanitizer_harness] [extension]
+#   stage_timer_stamps: the stage timer with -DJAX_MOE_RS_STAMPS (ffi_src/cuda/rs_stamps.cuh): after
+#   each row it prints where the register-A GEMMs' work items spend their cycles (diagnostic only).
 #   extension: jax_moe/_ffi for the device's Python (3.12, DEVICE_PYTHON names another interpreter),
 #   built with CMake against this machine's (oldest supported) jaxlib headers and written into
 #   jax_moe/, where `python3 -m pytest` / `-m benchmarks.moe` from the repo root import it: carry
@@ -26,7 +28,7 @@ OPT="-O3 -lineinfo"
 stale() { [ ! -f "$2" ] || [ -n "$(find "$1" ffi_src -newer "$2" \( -name '*.cu' -o -name '*.cuh' -o -name '*.h' -o -name '*.cc' \) -print -quit)" ]; }
 objpath() {
   local ext="build/device_ext/CMakeFiles/_ffi.dir/$1.o"
-  if [[ "$1" == ffi_src/* ]] && ! stale "$1" "$ext"; then echo "$ext"; else echo "$OBJ/$(basename "$1").o"; fi
+  if [ -z "${NOEXT:-}" ] && [[ "$1" == ffi_src/* ]] && ! stale "$1" "$ext"; then echo "$ext"; else echo "$OBJ/$(basename "$1").o"; fi
 }
 objs() {  # objs <sources...>: compiles what is stale, prints the objects
   local src o pids=()
@@ -48,6 +50,11 @@ for t in "${TARGETS[@]}"; do
     stage_timer)
       mapfile -t OBJS < <(objs benchmarks/stage_timer.cu "${STAGES[@]}")
       nvcc -arch=sm_90a "${OBJS[@]}" -o prebuilt/stage_timer ;;
+    stage_timer_stamps)  # its own objects: every stage source compiled with the stamps
+      SAVED=("$OBJ" "${NV[@]}"); OBJ=build/drivers_stamps; NOEXT=1; NV+=(-DJAX_MOE_RS_STAMPS); mkdir -p "$OBJ"
+      mapfile -t OBJS < <(objs benchmarks/stage_timer.cu "${STAGES[@]}")
+      nvcc -arch=sm_90a "${OBJS[@]}" -o prebuilt/stage_timer_stamps
+      OBJ=${SAVED[0]}; NV=("${SAVED[@]:1}"); NOEXT= ;;
     routing_check)
       mapfile -t OBJS < <(objs ffi_src/cuda/{routing,permute}.cu ffi_src/common/problem.cc)
       if [ -n "${ROUTING_BASELINE:-}" ]; then  # and the other commit's routing.cu, renamed

@@ -133,10 +133,19 @@ if has counters; then
            lg_throttle mio_throttle not_selected selected dispatch_stall branch_resolving; do
     M=$M,smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio
   done
+  # COUNTER_EXTRA: more metric names (e.g. sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,
+  # lts__throughput.avg.pct_of_peak_sustained_elapsed); run again without them if ncu rejects one.
+  counters_run() {  # counters_run <metrics>
+    ncu --clock-control none --metrics "$1" --kernel-name "regex:${COUNTER_KERNELS:-Routing|Permute|Gemm|Finalize}" --csv \
+      /tmp/stage_timer ${COUNTER_ARGS:---tokens 1 --reps 1} > "$OUT/counters.csv" 2> "$OUT/counters.err"
+  }
   # The JAX-free stage timer (ncu segfaults on JAX processes about one run in three).
-  ncu --clock-control none --metrics "$M" --kernel-name "regex:${COUNTER_KERNELS:-Routing|Permute|Gemm|Finalize}" --csv \
-    /tmp/stage_timer ${COUNTER_ARGS:---tokens 1 --reps 1} > "$OUT/counters.csv" 2> "$OUT/counters.err"
-  echo "ncu rc $?"; tail -3 "$OUT/counters.err"
+  counters_run "$M${COUNTER_EXTRA:+,$COUNTER_EXTRA}"; RC=$?
+  if [ $RC -ne 0 ] && [ -n "${COUNTER_EXTRA:-}" ]; then
+    echo "ncu rc $RC with COUNTER_EXTRA ($(tail -1 "$OUT/counters.err")): again without it"
+    counters_run "$M"; RC=$?
+  fi
+  echo "ncu rc $RC"; tail -3 "$OUT/counters.err"
   python3 benchmarks/ncu_summary.py --counters "$OUT/counters.csv" > "$OUT/counters.txt"; gzip -f "$OUT/counters.csv"
   cat "$OUT/counters.txt"
 fi

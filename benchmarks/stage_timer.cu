@@ -30,6 +30,7 @@
 #include "common/problem.h"
 #include "common/tactics.h"
 #include "common/workspace.h"
+#include "cuda/rs_stamps.cuh"
 #include "cuda/split_k.cuh"
 #include "cuda/stages.cuh"
 #include "../tests/cuda/driver_check.h"
@@ -37,6 +38,47 @@
 using namespace jax_moe;
 
 namespace {
+
+#ifdef JAX_MOE_RS_STAMPS
+// The diagnostic build (-DJAX_MOE_RS_STAMPS, build_drivers.sh stage_timer_stamps): where a
+// register-A GEMM's work items spend their SM cycles, from the last launch's stamps.
+void PrintRsStamps(const char* gemm, cudaError_t (*fetch)(cuda::RsStamp*), double gemm_us) {
+  std::vector<cuda::RsStamp> st(static_cast<size_t>(cuda::kRsStampBlocks) * cuda::kRsStampItems);
+  CHECK_CUDA(fetch(st.data()));
+  double ramp = 0, loop = 0, full = 0, epi = 0, gap = 0, empty = 0, stages = 0, span = 0, span_max = 0;
+  long long items = 0, gaps = 0, blocks = 0;
+  for (int b = 0; b < cuda::kRsStampBlocks; ++b) {
+    const cuda::RsStamp* row = &st[static_cast<size_t>(b) * cuda::kRsStampItems];
+    int n = 0;
+    while (n < cuda::kRsStampItems && row[n].epi_end != 0) ++n;
+    if (n == 0) continue;
+    ++blocks;
+    for (int i = 0; i < n; ++i) {
+      const cuda::RsStamp& x = row[i];
+      ramp += x.first_full - x.start;
+      loop += x.main_end - x.first_full;
+      full += x.full_wait;
+      epi += x.epi_end - x.main_end;
+      empty += x.empty_wait;
+      stages += x.stages;
+      if (i > 0) { gap += x.start - row[i - 1].epi_end; ++gaps; }
+    }
+    items += n;
+    const double s = static_cast<double>(row[n - 1].epi_end - row[0].start);
+    span += s;
+    span_max = std::max(span_max, s);
+  }
+  if (items == 0) { std::printf("  stamps %s: none (not a register-A launch)\n", gemm); return; }
+  const double ni = static_cast<double>(items);
+  std::printf("  stamps %s: %lld blocks, %lld items (%.1f a block), %.1f stages an item; cycles an item: "
+              "first stage %.0f | main loop %.0f (%.0f a stage; FULL waits %.0f incl. the first) | epilogue %.0f | "
+              "between items %.0f | producer EMPTY waits %.0f; block span mean %.0f max %.0f cycles, GEMM %.1f us "
+              "(-> %.2f GHz at the max span)\n",
+              gemm, static_cast<long long>(blocks), items, ni / blocks, stages / ni, ramp / ni, loop / ni,
+              loop / std::max(1.0, stages - ni), full / ni, epi / ni, gaps ? gap / gaps : 0.0, empty / ni,
+              span / blocks, span_max, gemm_us, span_max / (gemm_us * 1e3));
+}
+#endif
 
 
 struct Model {
@@ -207,6 +249,10 @@ int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf
   };
   std::vector<float> per[5], whole;
   cuda::g_max_k_splits.store(1);
+#ifdef JAX_MOE_RS_STAMPS
+  CHECK_CUDA(cuda::RsStampsGemm1(nullptr));
+  CHECK_CUDA(cuda::RsStampsGemm2(nullptr));
+#endif
   for (int rep = -2; rep < reps; ++rep) {  // two warm-ups
     for (int pass = 0; pass < 2; ++pass) {  // pass 0: events between stages; pass 1: around the pipeline
       CHECK_CUDA(cudaMemsetAsync(flush, rep & 0xff, flush_bytes, s));
@@ -234,6 +280,10 @@ int TimeOne(const Model& m, int64_t T, const std::string& tactic_name, Format wf
               static_cast<long long>(T), label.c_str(), cuda::g_max_k_splits.load(), Median(whole));
   for (int i = 0; i < 5; ++i) std::printf(" %s %8.1f", names[i], Median(per[i]));
   std::printf("\n");
+#ifdef JAX_MOE_RS_STAMPS
+  PrintRsStamps("gemm1", cuda::RsStampsGemm1, Median(per[2]));
+  PrintRsStamps("gemm2", cuda::RsStampsGemm2, Median(per[3]));
+#endif
   if (finalize_kinds) {
     // The finalize kernels alone on this run's y and maps (the issue's finalize
     // target: share of HBM bandwidth on its own bytes, vectorized vs scalar):

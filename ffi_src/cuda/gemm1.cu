@@ -33,4 +33,9 @@ ffi::Error LaunchGemm1(const MoeProblem& p, const MoeBuffers& b, const Workspace
                                          "gemm1");
 }
 
+#ifdef JAX_MOE_RS_STAMPS
+// The diagnostic build's per-item stamps of this unit's register-A kernels (rs_stamps.cuh).
+cudaError_t RsStampsGemm1(RsStamp* host) { return RsStampsFetchAndClear(host); }
+#endif
+
 }  // namespace jax_moe::cuda

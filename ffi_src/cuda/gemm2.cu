@@ -30,4 +30,9 @@ ffi::Error LaunchGemm2(const MoeProblem& p, const MoeBuffers& b, const Workspace
                                          "gemm2");
 }
 
+#ifdef JAX_MOE_RS_STAMPS
+// The diagnostic build's per-item stamps of this unit's register-A kernels (rs_stamps.cuh).
+cudaError_t RsStampsGemm2(RsStamp* host) { return RsStampsFetchAndClear(host); }
+#endif
+
 }  // namespace jax_moe::cuda

@@ -56,6 +56,7 @@
 #include "cuda/gemm_common.cuh"
 #include "cuda/gemm_wgmma_ws.cuh"
 #include "cuda/launch_counters.h"
+#include "cuda/rs_stamps.cuh"
 #include "cuda/split_k.cuh"
 #include "cuda/wgmma.cuh"
 
@@ -246,6 +247,7 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<kPersi
   for (int item = 0; item < work.count; ++item) {
     int tile, fb;
     work.Item(item, tile, fb);
+    JAX_MOE_RS_STAMP(long long empty_wait = 0;)
     const int expert = a.tile_expert[tile];
     const uint8_t* w = a.w + static_cast<int64_t>(expert) * a.w_rows_per_expert * k_bytes;
     const uint8_t* wsrc[4];
@@ -278,7 +280,9 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<kPersi
     }
     for (int st = 0; st < n_stages; ++st, ++gs) {
       const int s = gs % kStages;
+      JAX_MOE_RS_STAMP(const long long w0 = clock64();)
       if (gs >= kStages) wgmma::BarrierSync(1 + kStages + s, kThreads);  // EMPTY[s]
+      JAX_MOE_RS_STAMP(empty_wait += clock64() - w0;)
       const uint32_t a_st = ring + s * S::kStageBytes, b_st = a_st + S::kABytes;
       const int64_t koff = static_cast<int64_t>(st) * kRowBytes;
 #pragma unroll
@@ -304,6 +308,7 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<kPersi
         RsFinishStage<TT, kStages, AF>(ring, raw_ring, (gs - kLag) % kStages);
       }
     }
+    JAX_MOE_RS_STAMP(if (t == 0) { if (RsStamp* slot = RsStampSlot(item)) slot->empty_wait = empty_wait; })
   }
   CpAsyncWait<0>();
   if constexpr (kRaw) {
@@ -431,6 +436,7 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
   for (int item = 0; item < work.count; ++item) {
     int tile, fb;
     work.Item(item, tile, fb);
+    JAX_MOE_RS_STAMP(const long long t_start = clock64(); long long t_first = 0, full_wait = 0;)
     const int expert = a.tile_expert[tile];
     const RsLaneRows<WF, ST> rows(a, expert, fb, c, warp, g);
 
@@ -460,7 +466,9 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
 #pragma unroll
         for (int r = 0; r < 2; ++r) StageScalePairs<WF>(sc[mt][r], sp[mt][r]);
 
+      JAX_MOE_RS_STAMP(const long long w0 = clock64();)
       wgmma::BarrierSync(1 + s, kThreads);  // FULL[s]
+      JAX_MOE_RS_STAMP(const long long w1 = clock64(); full_wait += w1 - w0; if (st == 0) t_first = w1;)
       const uint32_t a_st = ring + s * S::kStageBytes, b_st = a_st + S::kABytes;
       // One k16 step (kk is a template constant: the fragments' registers and
       // the scale halves are then fixed at compile time).
@@ -489,6 +497,7 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
       step(std::integral_constant<int, 3>{});
     }
     wgmma::Wait<0>();
+    JAX_MOE_RS_STAMP(const long long t_main = clock64();)
     // The item's last stage is free before the epilogue: the producer fills
     // the ring for the next item meanwhile.
     if (gs - 1 + kStages < total) wgmma::BarrierArrive(1 + kStages + (gs - 1) % kStages, kThreads);
@@ -509,6 +518,17 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
                                                   a.permuted_to_expanded + static_cast<int64_t>(tile) * TT, 0,
                                                   static_cast<int64_t>(tile) * TT, feat0, expert, mx);
     }
+    JAX_MOE_RS_STAMP(if (threadIdx.x == kWarpgroup) {
+      if (RsStamp* slot = RsStampSlot(item)) {
+        slot->start = t_start;
+        slot->first_full = t_first;
+        slot->main_end = t_main;
+        slot->epi_end = clock64();
+        slot->full_wait = full_wait;
+        slot->stages = n_stages;
+        slot->tile = tile;
+      }
+    })
   }
 }
 
