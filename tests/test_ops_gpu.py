@@ -298,6 +298,24 @@ def _check_rs_own_path(T, H, I, wfmt, afmt):
         assert _wgmma_rs_launches() >= launches + 2, "both GEMMs should run the register-A kernel"
 
 
+@pytest.mark.parametrize("activation", [Activation.SWIGLU, Activation.GEGLU], ids=lambda v: v.name.lower())
+def test_wgmma_rs_staged_epilogue(activation):
+    """The register-A rows' staged epilogue (output rows through shared memory,
+    one bulk copy each): the plain activations (the gpt-oss one is in
+    test_wgmma_rs_kernel), routing weights on the input (GEMM1 scales each row
+    before the activation) and per-(token, k) outputs (do_finalize=False: GEMM2
+    writes its rows by expanded index)."""
+    case = make_case(T=300, H=1088, I=320, E=8, top_k=2, activation=activation)
+    for t in _RS_TACTICS:
+        launches = _wgmma_rs_launches()
+        _check(case, tactic=t.id)
+        _check(case, tactic=t.id, routing_weight_on_input=True)
+        (y, _, _), (ry, _, _) = run_op_and_reference(case, tactic=t.id, do_finalize=False)
+        assert y.shape == (300, 2, 1088)
+        assert_close(y, ry, rel=REL_TOL)
+        assert _wgmma_rs_launches() >= launches + 6, "every GEMM should run the register-A kernel"
+
+
 @pytest.mark.parametrize("wfmt", (Format.NVFP4, Format.MXFP4), ids=lambda v: v.name.lower())
 @pytest.mark.parametrize("T,H,I", _RS_SHAPES[:2] + _RS_SHAPES[3:],
                          ids=[f"T{t}_H{h}_I{i}" for t, h, i in _RS_SHAPES[:2] + _RS_SHAPES[3:]])

@@ -46,4 +46,36 @@ __device__ __forceinline__ void PrefetchL2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
 }
 
+// Bulk shared -> global copies (cp.async.bulk, sm_90): one thread hands the
+// copy of `bytes` (a multiple of 16; both addresses 16-byte aligned) to the
+// TMA unit and goes on; its bulk groups count per thread like cp.async's.
+// The register-A wgmma epilogue stages an item's output rows in shared
+// memory and writes each with one of these.
+__device__ __forceinline__ void BulkCopySharedToGlobal(void* dst, uint32_t src, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void BulkCommit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+// Waits until at most `kPending` of this thread's bulk groups still read
+// their shared-memory source (the buffer may then be written again).
+template <int kPending>
+__device__ __forceinline__ void BulkWaitRead() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+
+// Waits until every bulk group of this thread has completed (before exit).
+__device__ __forceinline__ void BulkWaitAll() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+#endif
+}
+
 }  // namespace jax_moe::cuda

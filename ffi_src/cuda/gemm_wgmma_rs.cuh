@@ -54,6 +54,7 @@
 #include "cuda/cp_async.cuh"
 #include "cuda/dynamic_smem.cuh"
 #include "cuda/gemm_common.cuh"
+#include "cuda/gemm_rs_epilogue.cuh"
 #include "cuda/gemm_wgmma_ws.cuh"
 #include "cuda/launch_counters.h"
 #include "cuda/rs_stamps.cuh"
@@ -103,11 +104,13 @@ constexpr int kProducerBarrier = 2 * kStages + 1;
 template <int kStages>
 constexpr int kConsumerBarrier0 = 2 * kStages + 2;
 
-// The ring (1024-byte aligned: up to 1023 bytes of slack ahead of it).
-template <int TT, int kStages>
+// The ring (1024-byte aligned: up to 1023 bytes of slack ahead of it), then
+// MXFP8: the raw ring and the amaxes; bf16: the two consumers' output staging
+// (gemm_rs_epilogue.cuh).
+template <int TT, int kStages, GemmStage ST>
 constexpr int RsSmemBytes(bool raw_activations) {
   return 1024 + kStages * RsShape<TT>::kStageBytes +
-         (raw_activations ? kStages * RsShape<TT>::kRawBytes + RsShape<TT>::kAmaxBytes : 0);
+         (raw_activations ? kStages * RsShape<TT>::kRawBytes + RsShape<TT>::kAmaxBytes : 2 * OutStageBytes<TT, ST>());
 }
 
 // Byte offset of 16-byte chunk h (0, 1) of block row r in a stage's weight
@@ -115,16 +118,6 @@ constexpr int RsSmemBytes(bool raw_activations) {
 // puts the 8 rows one LDS.64 of a warp reads on distinct banks.
 __device__ __forceinline__ uint32_t ARowOffset(int r, int h) {
   return static_cast<uint32_t>(r) * kRowBytes + (static_cast<uint32_t>(h ^ ((r >> 2) & 1)) << 4);
-}
-
-// Output features of one work item's feature block, and the blocks of a GEMM.
-template <GemmStage ST>
-constexpr int FeaturesPerBlock() {
-  return ST == GemmStage::kGemm1 ? 128 : 256;
-}
-template <GemmStage ST>
-__host__ __device__ constexpr int FeatureBlocks(int n_dim) {
-  return (n_dim + FeaturesPerBlock<ST>() - 1) / FeaturesPerBlock<ST>();
 }
 
 // One work item: a token tile and a feature block. The plain grid runs one
@@ -417,6 +410,7 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
   const uint32_t raw_ring = ring + kStages * S::kStageBytes;  // MXFP8 only (RsSmemBytes)
   float* const s_amax = reinterpret_cast<float*>(rs_smem + (ring - raw_base) + kStages * S::kStageBytes +
                                                  kStages * S::kRawBytes);
+  const uint32_t out_stage = ring + kStages * S::kStageBytes;  // bf16 outputs only (RsSmemBytes)
 
   const RsWork<kPersistent, ST> work(a);
   if (work.count == 0) return;  // whole block
@@ -502,21 +496,27 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
     // the ring for the next item meanwhile.
     if (gs - 1 + kStages < total) wgmma::BarrierArrive(1 + kStages + (gs - 1) % kStages, kThreads);
 
-    const int feat0 = fb * FeaturesPerBlock<ST>() + (ST == GemmStage::kGemm1 ? 64 : 128) * c + 16 * warp;
-    // MXFP8 h: every warp of the warpgroup meets the amax barrier, so warps
-    // past n_dim run the epilogue too (their stores are masked by mt_valid).
-    constexpr bool mx_h = kMx && ST == GemmStage::kGemm1;
-    if (feat0 < a.n_dim || mx_h) {
-      bool mt_valid[kMT];
+    if constexpr (!kMx) {  // bf16 h / y: staged rows and bulk copies (gemm_rs_epilogue.cuh)
+      const uint32_t my_stage = out_stage + static_cast<uint32_t>(c * OutStageBytes<TT, ST>());
+      float* const s_rw = reinterpret_cast<float*>(rs_smem + (my_stage - raw_base) + TT * StagePitch<ST>());
+      RsStagedEpilogue<TT, WF, ST, kMT>(a, acc, tile, fb, c, expert, my_stage, s_rw, kConsumerBarrier0<kStages> + c);
+    } else {  // MXFP8 h (GEMM1) re-quantized across warp pairs; GEMM2's y as the other families write it
+      const int feat0 = fb * FeaturesPerBlock<ST>() + (ST == GemmStage::kGemm1 ? 64 : 128) * c + 16 * warp;
+      // MXFP8 h: every warp of the warpgroup meets the amax barrier, so warps
+      // past n_dim run the epilogue too (their stores are masked by mt_valid).
+      constexpr bool mx_h = ST == GemmStage::kGemm1;
+      if (feat0 < a.n_dim || mx_h) {
+        bool mt_valid[kMT];
 #pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-        mt_valid[mt] = ST == GemmStage::kGemm1 ? feat0 < a.n_dim : feat0 + 64 * mt < a.n_dim;
-      const MxAmaxExchange mx{s_amax + c * 4 * TT, kConsumerBarrier0<kStages> + c, warp};
-      // The tile's expanded indices straight from global memory (L1/L2): a
-      // shared copy would need double-buffering against the producer.
-      GemmEpilogue<kMT, TT / 8, WF, ST, 64, mx_h>(a, acc, mt_valid,
-                                                  a.permuted_to_expanded + static_cast<int64_t>(tile) * TT, 0,
-                                                  static_cast<int64_t>(tile) * TT, feat0, expert, mx);
+        for (int mt = 0; mt < kMT; ++mt)
+          mt_valid[mt] = ST == GemmStage::kGemm1 ? feat0 < a.n_dim : feat0 + 64 * mt < a.n_dim;
+        const MxAmaxExchange mx{s_amax + c * 4 * TT, kConsumerBarrier0<kStages> + c, warp};
+        // The tile's expanded indices straight from global memory (L1/L2): a
+        // shared copy would need double-buffering against the producer.
+        GemmEpilogue<kMT, TT / 8, WF, ST, 64, mx_h>(a, acc, mt_valid,
+                                                    a.permuted_to_expanded + static_cast<int64_t>(tile) * TT, 0,
+                                                    static_cast<int64_t>(tile) * TT, feat0, expert, mx);
+      }
     }
     JAX_MOE_RS_STAMP(if (threadIdx.x == kWarpgroup) {
       if (RsStamp* slot = RsStampSlot(item)) {
@@ -530,6 +530,7 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
       }
     })
   }
+  if constexpr (!kMx) BulkWaitAll();  // the staged rows stay in shared memory until their copies are done
 }
 
 // Whether the register-A kernel runs this GEMM (else its fallback does).
@@ -538,7 +539,10 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
 // passed the GPU suite: written 2026-12-03 without a device (NOTES v12).
 inline bool WgmmaRsSupports(const GemmArgs& a) {
   const bool acts = a.act_format == Format::kBF16 || (a.act_format == Format::kMXFP8 && a.rs_mxfp8);
-  return acts && a.k_dim % gemm_rs_detail::kKStage == 0 && a.k_dim > 0;
+  // bf16 h / y rows leave through 16-byte-aligned bulk copies (gemm_rs_epilogue.cuh).
+  const bool aligned = (reinterpret_cast<uintptr_t>(a.h) | reinterpret_cast<uintptr_t>(a.y) |
+                        static_cast<uintptr_t>(a.h_row_bytes)) % 16 == 0;
+  return acts && aligned && a.k_dim % gemm_rs_detail::kKStage == 0 && a.k_dim > 0;
 }
 
 template <int TT, int kStages, bool kPersistent, bool kMx, Format WF, GemmStage ST>
@@ -561,7 +565,8 @@ cudaError_t LaunchWgmmaRsGemm(const GemmArgs& a, int64_t max_tiles, cudaStream_t
 template <int TT, int kStages, bool kPersistent, bool kMx, Format WF, GemmStage ST>
 cudaError_t LaunchWgmmaRsKernel(const GemmArgs& a, int64_t max_tiles, cudaStream_t stream) {
   constexpr auto kKernel = WgmmaRsGemmKernel<TT, kStages, kPersistent, kMx, WF, ST>;
-  constexpr int kSmem = gemm_rs_detail::RsSmemBytes<TT, kStages>(kMx);
+  constexpr int kSmem = gemm_rs_detail::RsSmemBytes<TT, kStages, ST>(kMx);
+  static_assert(kSmem <= 227 * 1024, "shared memory: 227 KB a block on sm_90");
   if (const cudaError_t e = EnsureDynamicSmem<kKernel>(kSmem); e != cudaSuccess) return e;
   const int64_t n_fb = gemm_rs_detail::FeatureBlocks<ST>(a.n_dim);
   dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>(n_fb));
