@@ -320,19 +320,19 @@ def test_wgmma_rs_staged_epilogue(activation):
 @pytest.mark.parametrize("T,H,I", _RS_SHAPES[:2] + _RS_SHAPES[3:],
                          ids=[f"T{t}_H{h}_I{i}" for t, h, i in _RS_SHAPES[:2] + _RS_SHAPES[3:]])
 def test_wgmma_rs_mxfp8_activations(T, H, I, wfmt, monkeypatch):
-    """JAX_MOE_RS_MXFP8=1: MXFP8 activations on the register-A kernel's own path
+    """MXFP8 activations on the register-A kernel's own path (the default)
     (the producer converts the raw token rows; GEMM1 re-quantizes h to MXFP8
     with the amaxes of warp pairs meeting in shared memory; I = 320 leaves the
     last feature block's second consumer idle but at the barrier)."""
-    monkeypatch.setenv("JAX_MOE_RS_MXFP8", "1")
+    monkeypatch.delenv("JAX_MOE_RS_MXFP8", raising=False)
     _check_rs_own_path(T, H, I, wfmt, Format.MXFP8)
 
 
 def test_wgmma_rs_falls_back_outside_its_scope(monkeypatch):
-    """MXFP8 activations (without JAX_MOE_RS_MXFP8=1), or K % 64 != 0: the rows
+    """MXFP8 activations with JAX_MOE_RS_MXFP8=0, or K % 64 != 0: the rows
     run the warp-specialised kernel of the same tile (and still match the
     reference)."""
-    monkeypatch.delenv("JAX_MOE_RS_MXFP8", raising=False)
+    monkeypatch.setenv("JAX_MOE_RS_MXFP8", "0")
     for afmt, H in ((Format.MXFP8, 1024), (Format.BF16, 1056)):
         case = make_case(T=150, H=H, I=352, E=8, top_k=2, act_format=afmt)
         for t in _RS_TACTICS:

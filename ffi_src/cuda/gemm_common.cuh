@@ -71,8 +71,8 @@ struct GemmArgs {
   // cp.async during this one (JAX_MOE_ACT_PREFETCH=0: off; the launcher
   // also clears it when rows are not 16-byte aligned).
   bool act_prefetch;
-  // Register-A wgmma family: MXFP8 activations on its own path
-  // (JAX_MOE_RS_MXFP8=1; else they run its warp-specialised fallback).
+  // Register-A wgmma family: MXFP8 activations on its own path (the
+  // default; JAX_MOE_RS_MXFP8=0: its warp-specialised fallback runs them).
   bool rs_mxfp8;
 };
 

@@ -86,7 +86,7 @@ inline GemmArgs CommonGemmArgs(const MoeProblem& p, const MoeBuffers& b, const W
   a.tickets = ws.tickets;
   a.l2_prefetch_kb = L2PrefetchFromEnv();
   a.act_prefetch = EnvFlag("JAX_MOE_ACT_PREFETCH", true);
-  a.rs_mxfp8 = EnvFlag("JAX_MOE_RS_MXFP8", false);
+  a.rs_mxfp8 = EnvFlag("JAX_MOE_RS_MXFP8", true);
   return a;
 }
 
