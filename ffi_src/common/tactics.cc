@@ -196,8 +196,12 @@ double HeuristicTile(const MoeProblem& p, Platform platform) {
 }
 
 // Load target (tokens per expert) from which the CUDA default is the
-// prefill family's 128-token tile (see DefaultTactic).
-constexpr double kWgmmaDefaultLoad = 120.0;
+// prefill family's 128-token tile (see DefaultTactic): with its staged
+// epilogue it beat the staged rows at every load measured from 32 tokens per
+// expert up (1.2-2.4x at gpt-oss-120b / DeepSeek-V3 T = 1024, Qwen3 T = 1024,
+// Mixtral T = 128, stage timer, benchmarks/NOTES.md v13).
+// (A load target is 1.3x the mean load: 32 tokens per expert is 41.6.)
+constexpr double kWgmmaDefaultLoad = 40.0;
 // The prefill family. Rows it cannot run (activations not bf16, K % 64 != 0)
 // run the warp-specialised kernel of the same tile, the default before it.
 constexpr KernelFamily kPrefillFamily = KernelFamily::kCudaWgmmaRsPersistent;

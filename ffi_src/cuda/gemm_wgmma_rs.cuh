@@ -11,15 +11,17 @@
 //     of the block's 256 weight rows in their packed form (32 bytes a row,
 //     4x fewer than decoded) and of the token tile as raw bf16 (gathered by
 //     token for GEMM1, the permuted h rows for GEMM2) into a ring of kStages
-//     shared-memory stages; kStages - 2 stages are in flight while the
-//     consumers work on the oldest;
+//     shared-memory stages; kStages - 3 stages are in flight while the
+//     consumers work on the two oldest (the one they multiply and the one
+//     whose last MMAs are still queued);
 //   - warpgroups 1 and 2 (consumers) each own 128 weight rows: per k16 step
 //     they read their packed rows from shared memory (8 bytes a row), decode
 //     the A fragments in registers (DecodeE2m1Byte + the block scale: one
 //     bf16 multiply) and issue wgmma m64n128k16 with A in registers and the
 //     128 tokens from shared memory (the 128-byte-swizzled layout the raw
-//     16-byte copies land in). A fragments are double-buffered: step s + 1 is
-//     decoded while step s's MMAs run (wait_group 1).
+//     16-byte copies land in). Each k16 step of a stage has its own set of A
+//     fragment registers: step s is decoded while steps s - 3 .. s - 1 are
+//     still queued on the tensor cores (wait_group 3).
 // So the decode is paid once per 128 tokens, by the warps that multiply, and
 // overlaps the tensor cores; nothing decoded goes through shared memory.
 //
@@ -167,14 +169,6 @@ __device__ __forceinline__ int BlockWeightRow(const GemmArgs& a, int fb, int r, 
   }
 }
 
-// Byte offset of 16-byte chunk j (0..3) of token n's raw MXFP8 row in a
-// stage of the raw ring: the chunks of rows n and n + 2 are rotated, so the
-// 8 lanes of a quarter warp, each reading chunk j of its own token's row
-// (RsConvertMxfp8Row), hit 8 distinct 16-byte bank groups.
-__device__ __forceinline__ uint32_t RawChunkOffset(int n, int j) {
-  return static_cast<uint32_t>(n) * kKStage + (static_cast<uint32_t>(j ^ ((n >> 1) & 3)) << 4);
-}
-
 // Token t's raw MXFP8 row of stage slot s -> its bf16 row of the stage, in
 // natural K order and the token tile's swizzle. Pairs of e4m3 bytes become
 // bf16x2 through E4m3PairToFoldedBf16x2 (value * 2^119, exact), times 2^-119
@@ -189,25 +183,19 @@ __device__ __forceinline__ void RsConvertMxfp8Row(uint32_t raw_st, uint32_t b_st
                           (static_cast<uint32_t>(Ue8m0ToBf16Bits(static_cast<uint32_t>(sc) >> 8)) << 16);
   constexpr uint32_t kPow2Minus119 = 0x04000400u;  // (2^-119, 2^-119)
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {  // 16 e4m3 values (one raw chunk) -> two 16-byte bf16 chunks
-    uint32_t x[4];
-    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3])
-                 : "r"(raw_st + RawChunkOffset(t, j)));
+  for (int c = 0; c < 8; ++c) {  // 8 e4m3 values (two words) -> one 16-byte bf16 chunk
+    uint32_t w0, w1;
+    asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];\n" : "=r"(w0), "=r"(w1) : "r"(raw_st + t * S::kRawRowBytes + 8u * c));
+    uint32_t o[4];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int c = 2 * j + h;  // output chunk: elements 8c .. 8c + 7
-      uint32_t o[4];
-#pragma unroll
-      for (int p = 0; p < 4; ++p) {
-        const uint32_t w = x[2 * h + (p >> 1)];
-        const uint32_t v = MulBf16x2(E4m3PairToFoldedBf16x2(Prmt(w, 0u, Nvfp4ScaleSelector(2 * (p & 1)))), kPow2Minus119);
-        o[p] = j < 2 ? MulBf16x2ByHalf<0>(v, scales) : MulBf16x2ByHalf<1>(v, scales);
-      }
-      const uint32_t dst = b_st + static_cast<uint32_t>(t) * 128u + (static_cast<uint32_t>(c ^ (t & 7)) << 4);
-      asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(o[0]), "r"(o[1]), "r"(o[2]), "r"(o[3])
-                   : "memory");
+    for (int p = 0; p < 4; ++p) {
+      const uint32_t w = p < 2 ? w0 : w1;
+      const uint32_t v = MulBf16x2(E4m3PairToFoldedBf16x2(Prmt(w, 0u, Nvfp4ScaleSelector(2 * (p & 1)))), kPow2Minus119);
+      o[p] = c < 4 ? MulBf16x2ByHalf<0>(v, scales) : MulBf16x2ByHalf<1>(v, scales);
     }
+    const uint32_t dst = b_st + static_cast<uint32_t>(t) * 128u + (static_cast<uint32_t>(c ^ (t & 7)) << 4);
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(o[0]), "r"(o[1]), "r"(o[2]), "r"(o[3])
+                 : "memory");
   }
 }
 
@@ -228,7 +216,7 @@ __device__ __forceinline__ void RsFinishStage(uint32_t ring, uint32_t raw_ring, 
 // The producer warpgroup: cp.async only. Per stage a thread copies 4 weight
 // chunks (block rows (t >> 1) + 64 i, chunk t & 1) and 8 token chunks
 // (tokens (t >> 3) + 16 j, chunk t & 7: a warp reads 4 whole 128-byte rows
-// per instruction), then signals the stage kStages - 2 behind once its own
+// per instruction), then signals the stage kStages - 3 behind once its own
 // copies of it have landed (cp.async groups count per thread; the FULL
 // barrier waits for every producer thread). Stages are counted across the
 // block's work items, so the next item's first stages are copied while the
@@ -244,7 +232,10 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<kPersi
   using S = RsShape<TT>;
   static_assert(AF == Format::kBF16 || AF == Format::kMXFP8, "register-A wgmma: bf16 or MXFP8 activations");
   constexpr bool kRaw = AF == Format::kMXFP8;
-  constexpr int kLag = kStages - 2;
+  // The consumers hold two stages (the one they decode and the previous, whose
+  // last MMAs may still be queued), so a stage can be signalled only kStages - 3
+  // issues after its own without the consumers waiting for the next release.
+  constexpr int kLag = kStages - 3;
   const int t = threadIdx.x;
   const int64_t k_bytes = a.k_dim / 2;
   const uint32_t wdst0 = ARowOffset(t >> 1, t & 1);  // + 64 rows per i: the same swizzle phase
@@ -285,7 +276,6 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<kPersi
       const int64_t src = a.gather_tokens ? ex / a.top_k : static_cast<int64_t>(tile) * TT + t;
       if (ex >= 0) my_scales = reinterpret_cast<const uint16_t*>(a.a_scale + src * a.a_scale_row_bytes);
     }
-    uint32_t next_scales = kRaw && my_scales != nullptr ? __ldg(my_scales) : 0u;
     for (int st = 0; st < n_stages; ++st, ++gs) {
       const int s = gs % kStages;
       JAX_MOE_RS_STAMP(const long long w0 = clock64();)
@@ -299,12 +289,10 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<kPersi
         const uint32_t raw_st = raw_ring + s * S::kRawBytes;
 #pragma unroll
         for (int j = 0; j < kCopies; ++j)
-          CpAsync16Shared(raw_st + RawChunkOffset((t >> 2) + 32 * j, t & 3),
+          CpAsync16Shared(raw_st + static_cast<uint32_t>((t >> 2) + 32 * j) * S::kRawRowBytes + 16u * (t & 3),
                           asrc[j] + S::kRawRowBytes * static_cast<int64_t>(st), abytes[j]);
-        // The stage's two scale bytes of token t (0: a padding row, whose codes are zero-filled),
-        // loaded one stage ahead so the load's latency is not paid per stage.
-        const uint32_t sc = next_scales;
-        next_scales = my_scales != nullptr && st + 1 < n_stages ? __ldg(my_scales + st + 1) : 0u;
+        // The stage's two scale bytes of token t (0: a padding row, whose codes are zero-filled).
+        const uint32_t sc = my_scales != nullptr ? __ldg(my_scales + st) : 0u;
         asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(raw_st + TT * S::kRawRowBytes + 2u * t), "h"(static_cast<uint16_t>(sc))
                      : "memory");
       } else {
@@ -420,7 +408,8 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
   using namespace gemm_detail;
   using namespace gemm_rs_detail;
   using S = RsShape<TT>;
-  static_assert(kStages >= 3 && kConsumerBarrier0<kStages> + 1 <= 15, "named barriers: 16 per block");
+  static_assert(kStages >= 4, "the consumers hold two stages and the producer keeps kStages - 3 in flight");
+  static_assert(kConsumerBarrier0<kStages> + 1 <= 15, "named barriers: 16 per block");
   extern __shared__ __align__(1024) uint8_t rs_smem[];
   const uint32_t raw_base = wgmma::SmemAddress(rs_smem);
   const uint32_t ring = (raw_base + 1023u) & ~1023u;
@@ -461,7 +450,13 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
 #pragma unroll
       for (int r = 0; r < 2; ++r) next[mt][r] = LoadStageScales<WF>(rows.scale[mt][r], 0);
 
-    uint32_t af[2][kMT][4];  // A fragments: step kk decodes into af[kk & 1] while step kk - 1 multiplies
+    // A fragments, one set per k16 step of a stage: step kk decodes into
+    // af[kk] while up to three earlier steps are still multiplying, so each
+    // warpgroup keeps three MMA groups queued behind its decode (two sets
+    // and one group in flight left the tensor cores idle about half of each
+    // stage, NOTES v13).
+    constexpr int kFragSets = 4;
+    uint32_t af[kFragSets][kMT][4];
     for (int st = 0; st < n_stages; ++st, ++gs) {
       const int s = gs % kStages;
 #pragma unroll
@@ -485,7 +480,13 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
       // the scale halves are then fixed at compile time).
       auto step = [&](auto kk_constant) {
         constexpr int kk = decltype(kk_constant)::value;
-        uint32_t(&frag)[kMT][4] = af[kk & 1];
+        uint32_t(&frag)[kMT][4] = af[kk];
+        // Step kk of the previous stage, the last reader of af[kk], is done (at most three
+        // groups pending); at kk = 3 that is the previous stage's last step, so its shared
+        // memory goes back to the producer if it will refill it.
+        wgmma::Wait<kFragSets - 1>();
+        if (kk == 3 && st >= 1 && gs - 1 + kStages < total)
+          wgmma::BarrierArrive(1 + kStages + (gs - 1) % kStages, kThreads);  // EMPTY
         DecodeStep<WF, 0, 0, kk>(rows, a_st, sel, sp, frag);
         DecodeStep<WF, 0, 1, kk>(rows, a_st, sel, sp, frag);
         DecodeStep<WF, 1, 0, kk>(rows, a_st, sel, sp, frag);
@@ -496,10 +497,6 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
         for (int mt = 0; mt < kMT; ++mt)
           wgmma::MmaRs<TT>(acc[mt], frag[mt][0], frag[mt][1], frag[mt][2], frag[mt][3], db);
         wgmma::Commit();
-        wgmma::Wait<1>();  // step kk - 1 is done: its fragments (and, at kk = 0, the previous stage) are free
-        // The previous stage of this item goes back to the producer if it will refill it.
-        if (kk == 0 && st >= 1 && gs - 1 + kStages < total)
-          wgmma::BarrierArrive(1 + kStages + (gs - 1) % kStages, kThreads);  // EMPTY
       };
       static_assert(kKStage / 16 == 4, "four k16 steps a stage");
       step(std::integral_constant<int, 0>{});
@@ -552,7 +549,7 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
 
 // Whether the register-A kernel runs this GEMM (else its fallback does).
 // MXFP8 activations (the producer converts the token tile; GEMM1 quantizes
-// h across warp pairs) unless JAX_MOE_RS_MXFP8=0: 1.4x faster than the
+// h across warp pairs) unless JAX_MOE_RS_MXFP8=0: 1.2-1.4x faster than the
 // fallback on the stage timer (NOTES v13).
 inline bool WgmmaRsSupports(const GemmArgs& a) {
   const bool acts = a.act_format == Format::kBF16 || (a.act_format == Format::kMXFP8 && a.rs_mxfp8);
