@@ -6,7 +6,10 @@
 # from (prebuilt/<name>.commit).
 # Usage: bash benchmarks/build_drivers.sh [stage_timer] [stage_timer_stamps] [routing_check] [sanitizer_harness] [extension]
 #   stage_timer_stamps: the stage timer with -DJAX_MOE_RS_STAMPS (ffi_src/cuda/rs_stamps.cuh): after
-#   each row it prints where the register-A GEMMs' work items spend their cycles (diagnostic only).
+#   each row it prints where the register-A GEMMs' work items spend their cycles (diagnostic only);
+#   STAMPS_FLAGS adds defines, e.g. STAMPS_FLAGS=-DJAX_MOE_RS_SKIP_DECODE (the register-A main loop
+#   without its FP4 decode: wrong results, the loop's rate bound; build it as a separate binary:
+#   STAMPS_OUT=stage_timer_nodecode).
 #   extension: jax_moe/_ffi for the device's Python (3.12, DEVICE_PYTHON names another interpreter),
 #   built with CMake against this machine's (oldest supported) jaxlib headers and written into
 #   jax_moe/, where `python3 -m pytest` / `-m benchmarks.moe` from the repo root import it: carry
@@ -46,14 +49,16 @@ objs() {  # objs <sources...>: compiles what is stale, prints the objects
 STAGES=(ffi_src/cuda/{routing,permute,gemm1,gemm2,finalize}.cu ffi_src/common/{problem,tactics}.cc)
 for t in "${TARGETS[@]}"; do
   START=$(date +%s)
+  NAME=$t  # the binary (and .commit file) a target writes
   case $t in
     stage_timer)
       mapfile -t OBJS < <(objs benchmarks/stage_timer.cu "${STAGES[@]}")
       nvcc -arch=sm_90a "${OBJS[@]}" -o prebuilt/stage_timer ;;
     stage_timer_stamps)  # its own objects: every stage source compiled with the stamps
-      SAVED=("$OBJ" "${NV[@]}"); OBJ=build/drivers_stamps; NOEXT=1; NV+=(-DJAX_MOE_RS_STAMPS); mkdir -p "$OBJ"
+      SAVED=("$OBJ" "${NV[@]}"); OUTN=${STAMPS_OUT:-stage_timer_stamps}; OBJ=build/drivers_$OUTN; NOEXT=1
+      NV+=(-DJAX_MOE_RS_STAMPS ${STAMPS_FLAGS:-}); mkdir -p "$OBJ"
       mapfile -t OBJS < <(objs benchmarks/stage_timer.cu "${STAGES[@]}")
-      nvcc -arch=sm_90a "${OBJS[@]}" -o prebuilt/stage_timer_stamps
+      nvcc -arch=sm_90a "${OBJS[@]}" -o "prebuilt/$OUTN"; NAME=$OUTN
       OBJ=${SAVED[0]}; NV=("${SAVED[@]:1}"); NOEXT= ;;
     routing_check)
       mapfile -t OBJS < <(objs ffi_src/cuda/{routing,permute}.cu ffi_src/common/problem.cc)
@@ -80,6 +85,6 @@ for t in "${TARGETS[@]}"; do
   esac
   # What it was built from: gpu_check.sh prints this and warns when it is not JAX_MOE_COMMIT.
   { git rev-parse HEAD; [ -n "$(git status --porcelain ffi_src benchmarks/stage_timer.cu tests/cuda)" ] && echo "(with uncommitted changes)"; } \
-    > "prebuilt/${t%%.*}.commit" 2>/dev/null || true
+    > "prebuilt/${NAME%%.*}.commit" 2>/dev/null || true
   echo "$t: $(( $(date +%s) - START )) s"
 done

@@ -394,8 +394,15 @@ __device__ __forceinline__ void DecodeStep(const RsLaneRows<WF, ST>& rows, uint3
                                            const uint32_t (&sp)[kMT][2][2], uint32_t (&af)[kMT][4]) {
   uint32_t w0, w1;
   asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];\n" : "=r"(w0), "=r"(w1) : "r"(a_st + rows.template StepOffset<mt, r, kk>()));
+#ifdef JAX_MOE_RS_SKIP_DECODE
+  // Diagnostic builds only (build_drivers.sh, STAMPS_FLAGS): the packed codes go to the tensor
+  // cores undecoded (wrong results), which bounds this loop's rate without the decode.
+  af[mt][r] = w0;
+  af[mt][2 + r] = w1;
+#else
   af[mt][r] = DecodeFragmentWord<WF, kk>(w0, sel, sp[mt][r]);
   af[mt][2 + r] = DecodeFragmentWord<WF, kk>(w1, sel, sp[mt][r]);
+#endif
 }
 
 }  // namespace gemm_rs_detail
