@@ -371,6 +371,17 @@ __device__ __forceinline__ float WarpMaxOverRows(float v) {
 // shared memory: with kMxExchange, `mx` names this warpgroup's [4 warps][kNT
 // * 8 tokens] floats, the named barrier over its 128 threads and the warp's
 // index in it; every warp of the warpgroup must take part.
+// The factor every accumulator of an expert's GEMM output is multiplied by:
+// the NVFP4 activations' encode scale divided out, and for NVFP4 weights
+// their fp32 global scale and the decode's 2^kNvfp4ScaleFold fold undone.
+template <Format WF>
+__device__ __forceinline__ float OutputScale(const GemmArgs& a, int expert) {
+  float scale = 1.0f;
+  if (a.a_global) scale /= a.a_global[0];
+  if (WF == Format::kNVFP4) scale = scale / a.w_global[a.w_global_per_expert ? expert : 0] * kNvfp4EpilogueGain;
+  return scale;
+}
+
 struct MxAmaxExchange {
   float* amax = nullptr;
   int barrier = 0;
@@ -382,9 +393,7 @@ __device__ __forceinline__ void GemmEpilogue(const GemmArgs& a, const float (&ac
                                              int col0, int64_t row0, int feat0, int expert,
                                              const MxAmaxExchange& mx = MxAmaxExchange{}) {
   const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
-  float scale = 1.0f;
-  if (a.a_global) scale /= a.a_global[0];
-  if (WF == Format::kNVFP4) scale = scale / a.w_global[a.w_global_per_expert ? expert : 0] * kNvfp4EpilogueGain;
+  const float scale = OutputScale<WF>(a, expert);
 
   if constexpr (ST == GemmStage::kGemm2) {
 #pragma unroll

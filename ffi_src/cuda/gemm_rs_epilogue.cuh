@@ -132,9 +132,7 @@ __device__ __forceinline__ void RsStagedEpilogue(const GemmArgs& a, const float 
   BulkWaitRead<0>();  // this thread's copy of the previous item has read its row
   s_rw[t] = ST == GemmStage::kGemm1 && a.weight_on_input && ex >= 0 ? a.topk_weights[ex] : 1.0f;
 
-  float scale = 1.0f;
-  if (a.a_global) scale /= a.a_global[0];
-  if (WF == Format::kNVFP4) scale = scale / a.w_global[a.w_global_per_expert ? expert : 0] * kNvfp4EpilogueGain;
+  const float scale = gemm_detail::OutputScale<WF>(a, expert);
   // Rows g and g + 8 of each m-tile: GEMM1 (gate, up) of features F + 16w + g (+ 8); GEMM2 output
   // features F + 64mt + 16w + g (+ 8). Missing features (GEMM2's second m-tile past n_dim) get 0:
   // their rows are never copied out.

@@ -522,7 +522,7 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
       float* const s_rw = reinterpret_cast<float*>(rs_smem + (my_stage - raw_base) + TT * StagePitch<ST>());
       RsStagedEpilogue<TT, WF, ST, kMT>(a, acc, tile, fb, c, expert, my_stage, s_rw, kConsumerBarrier0<kStages> + c);
     } else {  // MXFP8 h (GEMM1) re-quantized across warp pairs; GEMM2's y as the other families write it
-      const int feat0 = fb * FeaturesPerBlock<ST>() + (ST == GemmStage::kGemm1 ? 64 : 128) * c + 16 * warp;
+      const int feat0 = fb * FeaturesPerBlock<ST>() + ConsumerFeatures<ST>() * c + 16 * warp;
       // MXFP8 h: every warp of the warpgroup meets the amax barrier, so warps
       // past n_dim run the epilogue too (their stores are masked by mt_valid).
       constexpr bool mx_h = ST == GemmStage::kGemm1;
@@ -547,7 +547,6 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
         slot->epi_end = clock64();
         slot->full_wait = full_wait;
         slot->stages = n_stages;
-        slot->tile = tile;
       }
     })
   }

@@ -20,7 +20,7 @@ struct RsStamp {
   long long epi_end;      // its epilogue has issued every store
   long long full_wait;    // cycles spent in FULL waits during the item
   long long empty_wait;   // producer thread 0: cycles spent in EMPTY waits for the item's stages
-  int stages, tile;
+  int stages;
 };
 
 constexpr int kRsStampBlocks = 264;
