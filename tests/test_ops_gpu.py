@@ -110,6 +110,13 @@ def _family_tactics(family: str, tactic_list=None):
     return [t for t in (tactic_list if tactic_list is not None else tactics.tactic_table()) if t.family == fid]
 
 
+def _runs(t, T, H, I, E, top_k, afmt=Format.BF16):
+    """Whether tactic `t` is valid for the problem (the 256-token register-A row
+    is not for activations other than bf16 or H, I not multiples of 64)."""
+    problem = jax_moe.MoEProblem(T, H, I, E, E, top_k, act_format=afmt)
+    return not tactics.invalid_reason(problem, t.id, "cuda")
+
+
 @pytest.mark.parametrize("wfmt,afmt", list(itertools.product((Format.NVFP4, Format.MXFP4),
                                                              (Format.BF16, Format.MXFP8, Format.NVFP4))),
                          ids=lambda v: v.name.lower())
@@ -255,7 +262,10 @@ def test_wgmma_family_every_format(tactic, wfmt, afmt):
     passes): every weight x activation format, biases and the gpt-oss
     activation, K tails in both GEMMs (H = 1056 = 16 * 64 + 32, I = 352 =
     5 * 64 + 32), feature blocks of 128 with idle warps (352 and 1056 are not
-    multiples of 128), partial and several tiles per expert."""
+    multiples of 128), partial and several tiles per expert. (The 256-token
+    register-A row is invalid for these K tails: test_wgmma_rs256_refuses_*.)"""
+    if not _runs(tactics.tactic_table()[tactic], 300, 1056, 352, 8, 2, afmt):
+        pytest.skip("the row does not take this problem (its own test checks the error)")
     case = make_case(T=300, H=1056, I=352, E=8, top_k=2, weight_format=wfmt, act_format=afmt,
                      activation=Activation.SWIGLU_OAI, biases=True)
     _check(case, tactic=tactic)
@@ -274,7 +284,10 @@ def _wgmma_rs_launches():
 # the last block idle), 5 K stages in GEMM2 (fewer than the ring's 6);
 # I = 192: 3 stages, fewer than the 4 the producer keeps in flight; T = 1:
 # one live token in a 128-row tile; T = 900 with 8 experts: several tiles
-# per expert.
+# per expert. The 256-token row: T = 300 leaves every tile's second half
+# empty (its N = 128 loop), T = 900 fills a first tile (N = 256) and leaves a
+# partial second one; I = 320 is 5 feature blocks of 64 in GEMM1, H = 1088
+# 8.5 blocks of 128 in GEMM2 (the last block's second consumer idle).
 _RS_SHAPES = [(300, 1088, 320), (37, 1024, 192), (1, 2048, 768), (900, 512, 256)]
 
 
@@ -292,26 +305,33 @@ def _check_rs_own_path(T, H, I, wfmt, afmt):
     the launch counter proves both GEMMs ran the register-A kernel itself."""
     case = make_case(T=T, H=H, I=I, E=8, top_k=2, weight_format=wfmt, act_format=afmt,
                      activation=Activation.SWIGLU_OAI, biases=True)
+    ran = 0
     for t in _RS_TACTICS:
+        if not _runs(t, T, H, I, 8, 2, afmt):
+            continue
         launches = _wgmma_rs_launches()
         _check(case, tactic=t.id)
         assert _wgmma_rs_launches() >= launches + 2, "both GEMMs should run the register-A kernel"
+        ran += 1
+    assert ran >= (3 if afmt == Format.BF16 else 2), ran
 
 
+@pytest.mark.parametrize("T", [300, 1200])
 @pytest.mark.parametrize("activation", [Activation.SWIGLU, Activation.GEGLU], ids=lambda v: v.name.lower())
-def test_wgmma_rs_staged_epilogue(activation):
+def test_wgmma_rs_staged_epilogue(activation, T):
     """The register-A rows' staged epilogue (output rows through shared memory,
     one bulk copy each): the plain activations (the gpt-oss one is in
     test_wgmma_rs_kernel), routing weights on the input (GEMM1 scales each row
     before the activation) and per-(token, k) outputs (do_finalize=False: GEMM2
-    writes its rows by expanded index)."""
-    case = make_case(T=300, H=1088, I=320, E=8, top_k=2, activation=activation)
+    writes its rows by expanded index). T = 1200 (~300 rows an expert): the
+    256-token row stages full tiles in two halves and partial ones in one."""
+    case = make_case(T=T, H=1088, I=320, E=8, top_k=2, activation=activation)
     for t in _RS_TACTICS:
         launches = _wgmma_rs_launches()
         _check(case, tactic=t.id)
         _check(case, tactic=t.id, routing_weight_on_input=True)
         (y, _, _), (ry, _, _) = run_op_and_reference(case, tactic=t.id, do_finalize=False)
-        assert y.shape == (300, 2, 1088)
+        assert y.shape == (T, 2, 1088)
         assert_close(y, ry, rel=REL_TOL)
         assert _wgmma_rs_launches() >= launches + 6, "every GEMM should run the register-A kernel"
 
@@ -336,9 +356,24 @@ def test_wgmma_rs_falls_back_outside_its_scope(monkeypatch):
     for afmt, H in ((Format.MXFP8, 1024), (Format.BF16, 1056)):
         case = make_case(T=150, H=H, I=352, E=8, top_k=2, act_format=afmt)
         for t in _RS_TACTICS:
+            if t.tile_tokens == 256:  # no fallback kernel: refused (test_wgmma_rs256_refuses_*)
+                continue
             launches = _wgmma_rs_launches()
             _check(case, tactic=t.id)
             assert _wgmma_rs_launches() == launches
+
+
+@pytest.mark.parametrize("afmt,H,I", [(Format.MXFP8, 1024, 256), (Format.NVFP4, 1024, 256),
+                                      (Format.BF16, 1056, 256), (Format.BF16, 1024, 352)],
+                         ids=["mxfp8", "nvfp4", "H1056", "I352"])
+def test_wgmma_rs256_refuses_problems_outside_its_scope(afmt, H, I):
+    """The 256-token register-A row has no fallback kernel: for activations
+    other than bf16 or H, I not multiples of 64 it is an invalid tactic, and
+    asking for it is a ValueError naming the row and the reason."""
+    t256 = next(t for t in _RS_TACTICS if t.tile_tokens == 256)
+    case = make_case(T=64, H=H, I=I, E=8, top_k=2, act_format=afmt)
+    with pytest.raises(ValueError, match="cuda_wgmma_rsp_t256"):
+        run_op_and_reference(case, tactic=t256.id)
 
 
 @pytest.mark.parametrize("T,routing", [(1, RoutingMethod.RENORMALIZE), (700, RoutingMethod.DEEPSEEK_V3)])

@@ -97,8 +97,16 @@ std::string TacticInvalidReason(const MoeProblem& p, Platform platform, int64_t 
   const Tactic& t = table[id];
   if (t.platform != platform)
     return StrCat("tactic ", id, " (", t.name, ") is for another platform");
-  (void)p;  // Every tactic runs every supported problem: the kernels guard
-            // partial tiles along tokens, features and K.
+  // Every other tactic runs every supported problem: the kernels guard partial
+  // tiles along tokens, features and K, and fall back where they cannot.
+  if (t.family == KernelFamily::kCudaWgmmaRsPersistent && t.tile_tokens == 256) {
+    if (p.act_format != Format::kBF16)
+      return StrCat("tactic ", id, " (", t.name, ") runs bf16 activations only (got format ",
+                    static_cast<int64_t>(p.act_format), ")");
+    if (p.hidden_size % 64 != 0 || p.intermediate_size % 64 != 0)
+      return StrCat("tactic ", id, " (", t.name, ") needs hidden and intermediate sizes that are multiples of 64 (got ",
+                    p.hidden_size, ", ", p.intermediate_size, ")");
+  }
   return "";
 }
 
@@ -205,6 +213,9 @@ constexpr double kWgmmaDefaultLoad = 40.0;
 // The prefill family. Rows it cannot run (activations not bf16, K % 64 != 0)
 // run the warp-specialised kernel of the same tile, the default before it.
 constexpr KernelFamily kPrefillFamily = KernelFamily::kCudaWgmmaRsPersistent;
+// Load target from which the prefill default may take the 256-token tile
+// (below it the 128-token tile even where the target is nearer 256).
+constexpr double kRs256DefaultLoad = 1e300;  // PLACEHOLDER: set from the device run
 
 bool IsWgmmaFamily(KernelFamily f) {
   return f == KernelFamily::kCudaWgmmaSwapAB || f == KernelFamily::kCudaWgmmaWarpSpecialized ||
@@ -324,6 +335,7 @@ int64_t DefaultTactic(const MoeProblem& p, Platform platform) {
     if (platform == Platform::kCuda &&
         (table[i].family != cuda_family || ReplacedByTwin(p, table[i]) || table[i].warps_k > 1))
       continue;
+    if (platform == Platform::kCuda && table[i].tile_tokens > 128 && LoadTarget(p) < kRs256DefaultLoad) continue;
     const double gap = TileGap(table[i], target);
     if (best < 0 || gap < best_gap) {
       best = i;

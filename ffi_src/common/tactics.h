@@ -103,14 +103,19 @@ enum class KernelFamily : int64_t {
 // The register-A cp.async wgmma rows (cuda/gemm_wgmma_rs.cuh), after the
 // warp-specialised rows:
 //   X(name, tile_tokens, stages, persistent)
-// A work item covers 128 (GEMM1) / 256 (GEMM2) output features and 128
-// tokens; `stages` 64-element K stages of packed weights + raw tokens in the
-// ring; persistent rows form their own family (kCudaWgmmaRsPersistent).
-// Problems the kernel does not cover (activations not bf16, K % 64 != 0)
-// run the warp-specialised kernel of the same tile.
+// A 128-token work item covers 128 (GEMM1) / 256 (GEMM2) output features,
+// a 256-token one 64 / 128 (the same 128 accumulators a thread, half the
+// FP4 decode per multiply); `stages` 64-element K stages of packed weights
+// + raw tokens in the ring; persistent rows form their own family
+// (kCudaWgmmaRsPersistent). Problems the 128-token kernel does not cover
+// (activations other than bf16 / MXFP8, K % 64 != 0) run the
+// warp-specialised kernel of the same tile; the 256-token row has no such
+// fallback and is invalid for them (activations other than bf16, H or I %
+// 64 != 0: TacticInvalidReason).
 #define JAX_MOE_CUDA_WGMMA_RS_TACTICS(X) \
   X(cuda_wgmma_rs_t128,  128, 6, false)  \
-  X(cuda_wgmma_rsp_t128, 128, 6, true)
+  X(cuda_wgmma_rsp_t128, 128, 6, true)   \
+  X(cuda_wgmma_rsp_t256, 256, 5, true)
 // clang-format on
 
 struct Tactic {

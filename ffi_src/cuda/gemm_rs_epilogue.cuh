@@ -34,30 +34,42 @@
 
 namespace jax_moe::cuda::gemm_rs_detail {
 
+// The register-A tiles: TT = 128 tokens with two m64 tiles (128 weight rows)
+// a consumer warpgroup, or TT = 256 with one (64 rows): either way 128
+// accumulators a thread. With one m-tile, GEMM1 holds gate and up of the
+// same features in rows g and g + 8 of each warp's 16 (BlockWeightRow).
+template <int TT>
+constexpr int RsMTiles() {
+  static_assert(TT == 128 || TT == 256, "register-A tiles: 128 or 256 tokens");
+  return 256 / TT;
+}
 // Output features of one work item's feature block (both consumers), the
 // blocks of a GEMM, one consumer warpgroup's share, and the staging of
-// its rows: TT rows of kPitch bytes, then TT fp32 row factors.
-template <GemmStage ST>
-constexpr int FeaturesPerBlock() {
-  return ST == GemmStage::kGemm1 ? 128 : 256;
-}
-template <GemmStage ST>
-__host__ __device__ constexpr int FeatureBlocks(int n_dim) {
-  return (n_dim + FeaturesPerBlock<ST>() - 1) / FeaturesPerBlock<ST>();
-}
-template <GemmStage ST>
+// its rows: kStagedRows token rows of kPitch bytes, then their fp32 row
+// factors. A 256-token item is staged and copied out in two halves.
+template <int TT, GemmStage ST>
 constexpr int ConsumerFeatures() {
-  return ST == GemmStage::kGemm1 ? 64 : 128;
-}
-template <GemmStage ST>
-constexpr int StagePitch() {
-  return 2 * ConsumerFeatures<ST>() + 16;
+  return (ST == GemmStage::kGemm1 ? 32 : 64) * RsMTiles<TT>();
 }
 template <int TT, GemmStage ST>
-constexpr int OutStageBytes() {
-  return TT * StagePitch<ST>() + TT * 4;
+constexpr int FeaturesPerBlock() {
+  return 2 * ConsumerFeatures<TT, ST>();
 }
-static_assert(StagePitch<GemmStage::kGemm1>() % 16 == 0 && StagePitch<GemmStage::kGemm2>() % 16 == 0,
+template <int TT, GemmStage ST>
+__host__ __device__ constexpr int FeatureBlocks(int n_dim) {
+  return (n_dim + FeaturesPerBlock<TT, ST>() - 1) / FeaturesPerBlock<TT, ST>();
+}
+template <int TT, GemmStage ST>
+constexpr int StagePitch() {
+  return 2 * ConsumerFeatures<TT, ST>() + 16;
+}
+constexpr int kStagedRows = 128;  // token rows staged at once: thread t copies row t
+template <int TT, GemmStage ST>
+constexpr int OutStageBytes() {
+  return kStagedRows * StagePitch<TT, ST>() + kStagedRows * 4;
+}
+static_assert(StagePitch<128, GemmStage::kGemm1>() % 16 == 0 && StagePitch<128, GemmStage::kGemm2>() % 16 == 0 &&
+                  StagePitch<256, GemmStage::kGemm1>() % 16 == 0 && StagePitch<256, GemmStage::kGemm2>() % 16 == 0,
               "bulk copies read 16-byte aligned rows");
 
 __device__ __forceinline__ void StoreSharedBf16(uint32_t addr, float v) {
@@ -69,45 +81,67 @@ __device__ __forceinline__ void StoreSharedBf16(uint32_t addr, float v) {
 // Column block nt of every m-tile (v[mt][i] = acc[mt][nt][i]) by a jump
 // table: the caller's loop over nt stays rolled and the accumulators stay
 // in registers (each case indexes them with constants).
-template <int kMT>
-__device__ __forceinline__ void TakeColumnBlock(const float (&acc)[kMT][16][4], int nt, float (&v)[kMT][4]) {
-#define JAX_MOE_RS_TAKE(n)                                                 \
-  case n:                                                                  \
-    _Pragma("unroll") for (int mt = 0; mt < kMT; ++mt)                     \
-        _Pragma("unroll") for (int i = 0; i < 4; ++i) v[mt][i] = acc[mt][n][i]; \
+template <int kMT, int kNT>
+__device__ __forceinline__ void TakeColumnBlock(const float (&acc)[kMT][kNT][4], int nt, float (&v)[kMT][4]) {
+  static_assert(kNT == 16 || kNT == 32, "16 or 32 column blocks");
+#define JAX_MOE_RS_TAKE(n)                                                   \
+  case n:                                                                    \
+    if constexpr (n < kNT) {                                                 \
+      _Pragma("unroll") for (int mt = 0; mt < kMT; ++mt)                     \
+          _Pragma("unroll") for (int i = 0; i < 4; ++i) v[mt][i] = acc[mt][n][i]; \
+    }                                                                        \
     break;
   switch (nt) {
     JAX_MOE_RS_TAKE(0) JAX_MOE_RS_TAKE(1) JAX_MOE_RS_TAKE(2) JAX_MOE_RS_TAKE(3)
     JAX_MOE_RS_TAKE(4) JAX_MOE_RS_TAKE(5) JAX_MOE_RS_TAKE(6) JAX_MOE_RS_TAKE(7)
     JAX_MOE_RS_TAKE(8) JAX_MOE_RS_TAKE(9) JAX_MOE_RS_TAKE(10) JAX_MOE_RS_TAKE(11)
     JAX_MOE_RS_TAKE(12) JAX_MOE_RS_TAKE(13) JAX_MOE_RS_TAKE(14) JAX_MOE_RS_TAKE(15)
+    JAX_MOE_RS_TAKE(16) JAX_MOE_RS_TAKE(17) JAX_MOE_RS_TAKE(18) JAX_MOE_RS_TAKE(19)
+    JAX_MOE_RS_TAKE(20) JAX_MOE_RS_TAKE(21) JAX_MOE_RS_TAKE(22) JAX_MOE_RS_TAKE(23)
+    JAX_MOE_RS_TAKE(24) JAX_MOE_RS_TAKE(25) JAX_MOE_RS_TAKE(26) JAX_MOE_RS_TAKE(27)
+    JAX_MOE_RS_TAKE(28) JAX_MOE_RS_TAKE(29) JAX_MOE_RS_TAKE(30) JAX_MOE_RS_TAKE(31)
     default:
       break;
   }
 #undef JAX_MOE_RS_TAKE
 }
 
-// The staged rows of one column block -> shared memory. Lane (g, q) of warp
-// w holds features 16w + g + 8(i >> 1) (+ 64 mt for GEMM2) of token columns
-// 8nt + 2q + (i & 1); GEMM1's m-tile 0 is the gate, 1 the up projection.
+// The staged rows of one column block -> shared memory (column block nt of
+// the half being staged: token rows 8nt + 2q + (i & 1) of the staging).
+// Two m-tiles (TT = 128): lane (g, q) of warp w holds features 16w + g +
+// 8(i >> 1) (+ 64 mt for GEMM2); GEMM1's m-tile 0 is the gate, 1 the up
+// projection. One m-tile (TT = 256): GEMM2 the same features; GEMM1 holds
+// the gate of feature 8w + g in row g (i = 0, 1) and its up in row g + 8.
 template <GemmStage ST, Activation kKind, int kMT>
 __device__ __forceinline__ void StageColumnBlock(const GemmArgs& a, const float (&v)[kMT][4], const float (&bias)[kMT][2],
                                                  float scale, const float* s_rw, uint32_t stage, int nt, int warp,
                                                  int g, int q) {
-  constexpr int kPitch = StagePitch<ST>();
+  constexpr int kPitch = 2 * (ST == GemmStage::kGemm1 ? 32 : 64) * kMT + 16;
+  if constexpr (ST == GemmStage::kGemm1 && kMT == 1) {
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int col = 8 * nt + 2 * q + (i & 1);
-    const int f = 16 * warp + g + 8 * (i >> 1);
-    const uint32_t row = stage + static_cast<uint32_t>(col * kPitch);
-    if constexpr (ST == GemmStage::kGemm1) {
+    for (int i = 0; i < 2; ++i) {
+      const int col = 8 * nt + 2 * q + i;
+      const uint32_t row = stage + static_cast<uint32_t>(col * kPitch);
       const float rw = s_rw[col];
-      const float gate = v[0][i] * scale * rw + bias[0][i >> 1];
-      const float up = v[1][i] * scale * rw + bias[1][i >> 1];
-      StoreSharedBf16(row + 2u * f, GatedActivationOf<kKind>(gate, up, a.activation));
-    } else {
+      const float gate = v[0][i] * scale * rw + bias[0][0];
+      const float up = v[0][2 + i] * scale * rw + bias[0][1];
+      StoreSharedBf16(row + 2u * (8 * warp + g), GatedActivationOf<kKind>(gate, up, a.activation));
+    }
+  } else {
 #pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) StoreSharedBf16(row + 2u * (64 * mt + f), v[mt][i] * scale + bias[mt][i >> 1]);
+    for (int i = 0; i < 4; ++i) {
+      const int col = 8 * nt + 2 * q + (i & 1);
+      const int f = 16 * warp + g + 8 * (i >> 1);
+      const uint32_t row = stage + static_cast<uint32_t>(col * kPitch);
+      if constexpr (ST == GemmStage::kGemm1) {
+        const float rw = s_rw[col];
+        const float gate = v[0][i] * scale * rw + bias[0][i >> 1];
+        const float up = v[1][i] * scale * rw + bias[1][i >> 1];
+        StoreSharedBf16(row + 2u * f, GatedActivationOf<kKind>(gate, up, a.activation));
+      } else {
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) StoreSharedBf16(row + 2u * (64 * mt + f), v[mt][i] * scale + bias[mt][i >> 1]);
+      }
     }
   }
 }
@@ -116,72 +150,85 @@ __device__ __forceinline__ void StageColumnBlock(const GemmArgs& a, const float 
 // FeaturesPerBlock + ConsumerFeatures * c ..): `stage` is its staging area
 // (OutStageBytes), s_rw the same area's row factors, `barrier` a named
 // barrier of its 128 threads. Every thread of the warpgroup calls it.
+// `halves`: the 128-token halves of the tile that hold tokens (1 or 2 for
+// TT = 256; 1 for TT = 128); a half is staged, then copied out, thread t
+// writing its row t.
 template <int TT, Format WF, GemmStage ST, int kMT>
 __device__ __forceinline__ void RsStagedEpilogue(const GemmArgs& a, const float (&acc)[kMT][TT / 8][4], int tile,
-                                                 int fb, int c, int expert, uint32_t stage, float* s_rw, int barrier) {
-  static_assert(TT == 128 && kMT == 2, "the register-A tile: 128 tokens, two m64 tiles a warpgroup");
-  constexpr int kF = ConsumerFeatures<ST>();
-  constexpr int kPitch = StagePitch<ST>();
+                                                 int fb, int c, int expert, uint32_t stage, float* s_rw, int barrier,
+                                                 int halves) {
+  static_assert(kMT == RsMTiles<TT>(), "the register-A tiles: 128 accumulators a thread");
+  constexpr int kF = ConsumerFeatures<TT, ST>();
+  constexpr int kPitch = StagePitch<TT, ST>();
   const int t = threadIdx.x % 128, warp = t / 32, lane = t % 32, g = lane / 4, q = lane % 4;
-  const int F = fb * FeaturesPerBlock<ST>() + kF * c;
-  const int valid = std::min(a.n_dim - F, kF);  // a multiple of 64 (the family's scope: n_dim % 64 == 0)
-  if (valid <= 0) return;                        // the whole warpgroup
-  const int64_t prow = static_cast<int64_t>(tile) * TT + t;  // this thread's token row of the tile
-  const int ex = a.permuted_to_expanded[prow];
-
-  BulkWaitRead<0>();  // this thread's copy of the previous item has read its row
-  s_rw[t] = ST == GemmStage::kGemm1 && a.weight_on_input && ex >= 0 ? a.topk_weights[ex] : 1.0f;
+  const int F = fb * FeaturesPerBlock<TT, ST>() + kF * c;
+  const int valid = std::min(a.n_dim - F, kF);
+  if (valid <= 0) return;  // the whole warpgroup
 
   const float scale = gemm_detail::OutputScale<WF>(a, expert);
-  // Rows g and g + 8 of each m-tile: GEMM1 (gate, up) of features F + 16w + g (+ 8); GEMM2 output
-  // features F + 64mt + 16w + g (+ 8). Missing features (GEMM2's second m-tile past n_dim) get 0:
-  // their rows are never copied out.
+  // Rows g and g + 8 of each m-tile: GEMM1 (gate, up) of features F + 16w + g (+ 8) with two
+  // m-tiles, (gate, up) of feature F + 8w + g with one; GEMM2 output features F + 64mt + 16w + g
+  // (+ 8). Missing features (past n_dim) get 0: their columns are never copied out.
   float bias[kMT][2];
   const int64_t b0 = static_cast<int64_t>(expert) * a.w_rows_per_expert;
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int fl = 16 * warp + g + 8 * r;
-      const int64_t row = ST == GemmStage::kGemm1 ? (mt == 0 ? F + fl : a.n_dim + F + fl) : F + 64 * mt + fl;
-      const bool present = ST == GemmStage::kGemm1 || 64 * mt < valid;
-      bias[mt][r] = a.bias != nullptr && present ? a.bias[b0 + row] : 0.0f;
+      int feature;
+      int64_t row;
+      if constexpr (ST == GemmStage::kGemm1 && kMT == 1) {
+        feature = F + 8 * warp + g;
+        row = r == 0 ? feature : a.n_dim + feature;
+      } else {
+        const int fl = 16 * warp + g + 8 * r;
+        feature = ST == GemmStage::kGemm1 ? F + fl : F + 64 * mt + fl;
+        row = ST == GemmStage::kGemm1 ? (mt == 0 ? feature : a.n_dim + feature) : feature;
+      }
+      bias[mt][r] = a.bias != nullptr && feature < a.n_dim ? a.bias[b0 + row] : 0.0f;
     }
-  wgmma::BarrierSync(barrier, 128);  // the staged rows are free again and s_rw is written
 
-  auto columns = [&](auto kind_constant) {
-    constexpr Activation kKind = decltype(kind_constant)::value;
+  for (int h = 0; h < halves; ++h) {
+    const int64_t prow = static_cast<int64_t>(tile) * TT + kStagedRows * h + t;  // this thread's token row
+    const int ex = a.permuted_to_expanded[prow];
+    BulkWaitRead<0>();  // this thread's copy of the previous half / item has read its row
+    s_rw[t] = ST == GemmStage::kGemm1 && a.weight_on_input && ex >= 0 ? a.topk_weights[ex] : 1.0f;
+    wgmma::BarrierSync(barrier, 128);  // the staged rows are free again and s_rw is written
+
+    auto columns = [&](auto kind_constant) {
+      constexpr Activation kKind = decltype(kind_constant)::value;
 #pragma unroll 1
-    for (int nt = 0; nt < TT / 8; ++nt) {
-      float v[kMT][4];
-      TakeColumnBlock<kMT>(acc, nt, v);
-      StageColumnBlock<ST, kKind, kMT>(a, v, bias, scale, s_rw, stage, nt, warp, g, q);
+      for (int nt = 0; nt < kStagedRows / 8; ++nt) {
+        float v[kMT][4];
+        TakeColumnBlock<kMT, TT / 8>(acc, (kStagedRows / 8) * h + nt, v);
+        StageColumnBlock<ST, kKind, kMT>(a, v, bias, scale, s_rw, stage, nt, warp, g, q);
+      }
+    };
+    if constexpr (ST == GemmStage::kGemm1) {
+      switch (a.activation.kind) {
+        case Activation::kSWIGLU:
+          columns(std::integral_constant<Activation, Activation::kSWIGLU>{});
+          break;
+        case Activation::kGEGLU:
+          columns(std::integral_constant<Activation, Activation::kGEGLU>{});
+          break;
+        case Activation::kSWIGLU_OAI:
+          columns(std::integral_constant<Activation, Activation::kSWIGLU_OAI>{});
+          break;
+      }
+    } else {
+      columns(std::integral_constant<Activation, Activation::kSWIGLU>{});  // (no activation in GEMM2)
     }
-  };
-  if constexpr (ST == GemmStage::kGemm1) {
-    switch (a.activation.kind) {
-      case Activation::kSWIGLU:
-        columns(std::integral_constant<Activation, Activation::kSWIGLU>{});
-        break;
-      case Activation::kGEGLU:
-        columns(std::integral_constant<Activation, Activation::kGEGLU>{});
-        break;
-      case Activation::kSWIGLU_OAI:
-        columns(std::integral_constant<Activation, Activation::kSWIGLU_OAI>{});
-        break;
-    }
-  } else {
-    columns(std::integral_constant<Activation, Activation::kSWIGLU>{});  // (no activation in GEMM2)
-  }
 
-  wgmma::FenceSharedForAsync();  // the staged rows, written through the generic proxy, are read by the bulk copies
-  wgmma::BarrierSync(barrier, 128);
-  if (ex >= 0) {  // padding rows are not written
-    uint8_t* dst = ST == GemmStage::kGemm1
-                       ? a.h + prow * a.h_row_bytes + 2 * static_cast<int64_t>(F)
-                       : reinterpret_cast<uint8_t*>(a.y + (a.y_by_expanded ? ex : prow) * a.n_dim + F);
-    BulkCopySharedToGlobal(dst, stage + static_cast<uint32_t>(t * kPitch), static_cast<uint32_t>(2 * valid));
-    BulkCommit();
+    wgmma::FenceSharedForAsync();  // the staged rows, written through the generic proxy, are read by the bulk copies
+    wgmma::BarrierSync(barrier, 128);
+    if (ex >= 0) {  // padding rows are not written
+      uint8_t* dst = ST == GemmStage::kGemm1
+                         ? a.h + prow * a.h_row_bytes + 2 * static_cast<int64_t>(F)
+                         : reinterpret_cast<uint8_t*>(a.y + (a.y_by_expanded ? ex : prow) * a.n_dim + F);
+      BulkCopySharedToGlobal(dst, stage + static_cast<uint32_t>(t * kPitch), static_cast<uint32_t>(2 * valid));
+      BulkCommit();
+    }
   }
 }
 

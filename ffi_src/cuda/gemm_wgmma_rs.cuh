@@ -35,7 +35,16 @@
 // m-tile 1 = their up rows, so a thread holds gate and up of the same
 // (feature, token) and GemmEpilogue's one-pair layout (kMT = 2) applies.
 // GEMM2: consumer c, m-tile mt = output features F + 128c + 64mt .. + 63
-// (F = 256 fb). kPersistent = false: one item per block (x = tile, y = fb);
+// (F = 256 fb). The 256-token tile (TT = 256) keeps the 128 accumulators a
+// thread with one m-tile a consumer (128 weight rows a block, wgmma
+// m64n256k16): each decoded A fragment feeds twice the tokens, so the FP4
+// decode per multiply halves (the decode was a third of the main loop: the
+// loop ran 2060-2270 cycles a stage with it, 1360-1530 without, NOTES v14).
+// GEMM1 then holds gate and up of one feature in rows g / g + 8 of each
+// warp (BlockWeightRow). A tile whose second 128 tokens are padding runs
+// the m64n128k16 loop on its first half (the main loop exists for both N,
+// chosen once per item: RsTileHalves), so padding costs what it costs the
+// 128-token tile. kPersistent = false: one item per block (x = tile, y = fb);
 // true (KernelFamily::kCudaWgmmaRsPersistent): one block per SM walks the
 // items, and its producer runs on into the next item's stages while the
 // consumers run the epilogue, so the ring is full again when the epilogue
@@ -43,10 +52,12 @@
 // feature block fastest the token tiles stay in L2 across feature blocks
 // (measured: gpt-oss-120b GEMM1 at T = 16384 11.3 -> 9.3 ms, NOTES v12).
 //
-// Scope: bf16 activations, K % 64 == 0 in both GEMMs (whole stages, 16-byte
-// aligned rows and aligned scale words). LaunchWgmmaRsGemm runs the
-// warp-specialised kernel of the same token tile for any other problem, so
-// the row serves every problem, like every other row.
+// Scope: bf16 (and, 128-token tile, MXFP8) activations, K % 64 == 0 in both
+// GEMMs (whole stages, 16-byte aligned rows and aligned scale words).
+// LaunchWgmmaRsGemm runs the warp-specialised kernel of the same token tile
+// for any other problem, so the 128-token rows serve every problem like
+// every other row; the 256-token row has no such kernel and is an invalid
+// tactic outside its scope (TacticInvalidReason).
 #pragma once
 
 #include <algorithm>
@@ -72,8 +83,10 @@ using namespace gemm_detail;
 constexpr int kKStage = 64;  // K elements per stage: one 128-byte swizzled token row
 constexpr int kWarpgroup = 128;
 constexpr int kThreads = 3 * kWarpgroup;  // producer + 2 consumers
-constexpr int kMT = 2;                    // m64 tiles per consumer
-constexpr int kRows = 2 * kMT * 64;       // weight rows per block
+// Weight rows of a block: two consumers x RsMTiles<TT> m64 tiles (256 for
+// TT = 128, 128 for TT = 256).
+template <int TT>
+constexpr int kRows = 2 * RsMTiles<TT>() * 64;
 constexpr int kRowBytes = kKStage / 2;    // packed FP4 bytes of one row per stage
 // setmaxnreg: the block starts with 65536 / 384 -> 168 registers a thread;
 // the producer keeps 56 and the consumers take the rest of the pool:
@@ -85,9 +98,9 @@ static_assert(kThreads * 168 >= kWarpgroup * kProducerRegs + 2 * kWarpgroup * kC
 
 template <int TT>
 struct RsShape {
-  static_assert(TT == 128, "one consumer's wgmma N is the whole token tile");
-  static constexpr int kABytes = kRows * kRowBytes;  // 8 KB of packed weights
-  static constexpr int kBBytes = TT * kKStage * 2;   // 16 KB of bf16 tokens
+  static_assert(TT == 128 || TT == 256, "one consumer's wgmma N is the whole token tile");
+  static constexpr int kABytes = kRows<TT> * kRowBytes;  // 8 / 4 KB of packed weights
+  static constexpr int kBBytes = TT * kKStage * 2;       // 16 / 32 KB of bf16 tokens
   static constexpr int kStageBytes = kABytes + kBBytes;
   static_assert(kABytes % 1024 == 0 && kStageBytes % 1024 == 0, "swizzle atoms are 1024-byte aligned");
   // MXFP8 activations: each stage's token rows arrive raw (64 e4m3 bytes a
@@ -128,11 +141,11 @@ __device__ __forceinline__ uint32_t ARowOffset(int r, int h) {
 // w / blocks, fb = w % blocks), so the items running at once share few
 // token tiles (read from L2 by every feature block) and the tiles of one
 // expert are neighbours (its weights are re-read from L2).
-template <bool kPersistent, GemmStage ST>
+template <int TT, bool kPersistent, GemmStage ST>
 struct RsWork {
   int count, n_fb;
   __device__ __forceinline__ explicit RsWork(const GemmArgs& a) {
-    n_fb = FeatureBlocks<ST>(a.n_dim);
+    n_fb = FeatureBlocks<TT, ST>(a.n_dim);
     const int tiles = *a.num_tiles;  // the live tiles (device-side count)
     if constexpr (kPersistent) {
       const int work = tiles * n_fb;
@@ -153,19 +166,49 @@ struct RsWork {
   }
 };
 
-// Expert-local weight row of block row r (0 .. 255) of feature block fb and
-// whether it exists.
-template <GemmStage ST>
-__device__ __forceinline__ int BlockWeightRow(const GemmArgs& a, int fb, int r, bool& valid) {
-  const int c = r >> 7, mt = (r >> 6) & 1, R = r & 63;
-  if constexpr (ST == GemmStage::kGemm1) {
-    const int feature = fb * 128 + 64 * c + R;
-    valid = feature < a.n_dim;
-    return valid ? (mt == 0 ? feature : a.n_dim + feature) : 0;
+// The 128-token halves of tile `tile` that hold tokens: a tile's rows are
+// filled from its start (permute), so a 256-token tile whose row 128 is
+// padding needs only its first half: the consumers multiply it with N = 128
+// (the decode per multiply of the 128-token tile, but its padding too).
+template <int TT>
+__device__ __forceinline__ int RsTileHalves(const GemmArgs& a, int tile) {
+  if constexpr (TT == 128) {
+    return 1;
   } else {
-    const int feature = fb * 256 + 128 * c + 64 * mt + R;
-    valid = feature < a.n_dim;
-    return valid ? feature : 0;
+    return a.permuted_to_expanded[static_cast<int64_t>(tile) * TT + 128] >= 0 ? 2 : 1;
+  }
+}
+
+// Expert-local weight row of block row r (0 .. kRows - 1) of feature block
+// fb and whether it exists. Two m-tiles a consumer (TT = 128): GEMM1's
+// m-tile 0 holds gate rows, m-tile 1 the up rows of the same features.
+// One m-tile (TT = 256): GEMM1's rows g (0..7) and g + 8 of each warp's 16
+// are the gate and the up row of one feature, so a thread's accumulator
+// rows g / g + 8 pair up in the epilogue.
+template <int TT, GemmStage ST>
+__device__ __forceinline__ int BlockWeightRow(const GemmArgs& a, int fb, int r, bool& valid) {
+  if constexpr (RsMTiles<TT>() == 2) {
+    const int c = r >> 7, mt = (r >> 6) & 1, R = r & 63;
+    if constexpr (ST == GemmStage::kGemm1) {
+      const int feature = fb * 128 + 64 * c + R;
+      valid = feature < a.n_dim;
+      return valid ? (mt == 0 ? feature : a.n_dim + feature) : 0;
+    } else {
+      const int feature = fb * 256 + 128 * c + 64 * mt + R;
+      valid = feature < a.n_dim;
+      return valid ? feature : 0;
+    }
+  } else {
+    const int c = r >> 6, R = r & 63;
+    if constexpr (ST == GemmStage::kGemm1) {
+      const int feature = fb * 64 + 32 * c + 8 * (R >> 4) + (R & 7);
+      valid = feature < a.n_dim;
+      return valid ? ((R & 8) == 0 ? feature : a.n_dim + feature) : 0;
+    } else {
+      const int feature = fb * 128 + 64 * c + R;
+      valid = feature < a.n_dim;
+      return valid ? feature : 0;
+    }
   }
 }
 
@@ -213,10 +256,11 @@ __device__ __forceinline__ void RsFinishStage(uint32_t ring, uint32_t raw_ring, 
   wgmma::BarrierArrive(1 + s, kThreads);  // FULL
 }
 
-// The producer warpgroup: cp.async only. Per stage a thread copies 4 weight
-// chunks (block rows (t >> 1) + 64 i, chunk t & 1) and 8 token chunks
-// (tokens (t >> 3) + 16 j, chunk t & 7: a warp reads 4 whole 128-byte rows
-// per instruction), then signals the stage kStages - 3 behind once its own
+// The producer warpgroup: cp.async only. Per stage a thread copies kRows / 64
+// weight chunks (block rows (t >> 1) + 64 i, chunk t & 1) and TT / 16 token
+// chunks (tokens (t >> 3) + 16 j, chunk t & 7: a warp reads 4 whole 128-byte
+// rows per instruction; a 256-token tile with an empty second half copies
+// only the first), then signals the stage kStages - 3 behind once its own
 // copies of it have landed (cp.async groups count per thread; the FULL
 // barrier waits for every producer thread). Stages are counted across the
 // block's work items, so the next item's first stages are copied while the
@@ -227,7 +271,7 @@ __device__ __forceinline__ void RsFinishStage(uint32_t ring, uint32_t raw_ring, 
 // (every producer thread's copies: a producer barrier), thread t converts
 // token t's row into the bf16 stage before FULL.
 template <int TT, int kStages, bool kPersistent, Format AF, GemmStage ST>
-__device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<kPersistent, ST>& work, uint32_t ring,
+__device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<TT, kPersistent, ST>& work, uint32_t ring,
                                           uint32_t raw_ring, int n_stages) {
   using S = RsShape<TT>;
   static_assert(AF == Format::kBF16 || AF == Format::kMXFP8, "register-A wgmma: bf16 or MXFP8 activations");
@@ -248,28 +292,33 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<kPersi
     JAX_MOE_RS_STAMP(long long empty_wait = 0;)
     const int expert = a.tile_expert[tile];
     const uint8_t* w = a.w + static_cast<int64_t>(expert) * a.w_rows_per_expert * k_bytes;
-    const uint8_t* wsrc[4];
-    int wbytes[4];
+    constexpr int kWCopies = kRows<TT> / 64;  // 16-byte weight chunks a thread per stage
+    const uint8_t* wsrc[kWCopies];
+    int wbytes[kWCopies];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < kWCopies; ++i) {
       bool valid;
-      const int row = BlockWeightRow<ST>(a, fb, (t >> 1) + 64 * i, valid);
+      const int row = BlockWeightRow<TT, ST>(a, fb, (t >> 1) + 64 * i, valid);
       wsrc[i] = w + row * k_bytes + 16 * (t & 1);
       wbytes[i] = valid ? 16 : 0;  // rows past n_dim are zero-filled
     }
-    // bf16: 8 token chunks a thread (tokens (t >> 3) + 16 j, chunk t & 7); MXFP8: 4 raw chunks
-    // (tokens (t >> 2) + 32 j, chunk t & 3) and token t's scale row.
+    // bf16: TT / 16 token chunks a thread (tokens (t >> 3) + 16 j, chunk t & 7); MXFP8: 4 raw
+    // chunks (tokens (t >> 2) + 32 j, chunk t & 3) and token t's scale row. Each chunk's source
+    // row is kept as a 32-bit index (-1: a padding row, zero-filled), not a pointer: 16 chunks
+    // (TT = 256) fit the producer's registers that way.
     constexpr int kCopies = kRaw ? TT / 32 : TT / 16;
-    const uint8_t* asrc[kCopies];
-    int abytes[kCopies];
+    const int halves = RsTileHalves<TT>(a, tile);
+    const uint8_t* const abase = a.a_data + 16 * (kRaw ? (t & 3) : (t & 7));
+    int32_t asrc[kCopies];
 #pragma unroll
     for (int j = 0; j < kCopies; ++j) {
       const int n = kRaw ? (t >> 2) + 32 * j : (t >> 3) + 16 * j;
       const int ex = a.permuted_to_expanded[static_cast<int64_t>(tile) * TT + n];
-      const int64_t src = ex < 0 ? 0 : (a.gather_tokens ? ex / a.top_k : static_cast<int64_t>(tile) * TT + n);
-      asrc[j] = a.a_data + src * a.a_row_bytes + 16 * (kRaw ? (t & 3) : (t & 7));
-      abytes[j] = ex < 0 ? 0 : 16;  // padding rows are zero-filled
+      asrc[j] = ex < 0 ? -1 : (a.gather_tokens ? ex / a.top_k : tile * TT + n);
     }
+    auto asrc_at = [&](int j, int64_t koff_bytes) {
+      return asrc[j] < 0 ? a.a_data : abase + static_cast<int64_t>(asrc[j]) * a.a_row_bytes + koff_bytes;
+    };
     const uint16_t* my_scales = nullptr;  // MXFP8: token t's scale bytes (null: a padding row)
     if constexpr (kRaw) {
       const int ex = a.permuted_to_expanded[static_cast<int64_t>(tile) * TT + t];
@@ -284,13 +333,13 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<kPersi
       const uint32_t a_st = ring + s * S::kStageBytes, b_st = a_st + S::kABytes;
       const int64_t koff = static_cast<int64_t>(st) * kRowBytes;
 #pragma unroll
-      for (int i = 0; i < 4; ++i) CpAsync16Shared(a_st + wdst0 + 64u * kRowBytes * i, wsrc[i] + koff, wbytes[i]);
+      for (int i = 0; i < kWCopies; ++i) CpAsync16Shared(a_st + wdst0 + 64u * kRowBytes * i, wsrc[i] + koff, wbytes[i]);
       if constexpr (kRaw) {
         const uint32_t raw_st = raw_ring + s * S::kRawBytes;
 #pragma unroll
         for (int j = 0; j < kCopies; ++j)
           CpAsync16Shared(raw_st + static_cast<uint32_t>((t >> 2) + 32 * j) * S::kRawRowBytes + 16u * (t & 3),
-                          asrc[j] + S::kRawRowBytes * static_cast<int64_t>(st), abytes[j]);
+                          asrc_at(j, S::kRawRowBytes * static_cast<int64_t>(st)), asrc[j] < 0 ? 0 : 16);
         // The stage's two scale bytes of token t (0: a padding row, whose codes are zero-filled).
         const uint32_t sc = my_scales != nullptr ? __ldg(my_scales + st) : 0u;
         asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(raw_st + TT * S::kRawRowBytes + 2u * t), "h"(static_cast<uint16_t>(sc))
@@ -298,7 +347,9 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<kPersi
       } else {
 #pragma unroll
         for (int j = 0; j < kCopies; ++j)
-          CpAsync16Shared(b_st + adst0 + 2048u * j, asrc[j] + 2 * kKStage * static_cast<int64_t>(st), abytes[j]);
+          if (j < 8 || halves == 2)  // a 256-token tile with an empty second half: its MMAs skip it
+            CpAsync16Shared(b_st + adst0 + 2048u * j, asrc_at(j, 2 * kKStage * static_cast<int64_t>(st)),
+                            asrc[j] < 0 ? 0 : 16);
       }
       CpAsyncCommit();
       if (gs >= kLag) {
@@ -318,26 +369,27 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<kPersi
 }
 
 // One consumer thread's weight rows: rows g and g + 8 of its warp's 16 in
-// each of its 2 m-tiles (block rows 128c + 64mt + 16warp + g + 8r). Their
-// shared-memory offsets differ by constants from `base`, and all four share
-// the chunk swizzle (bit 2 of the block row is bit 2 of g).
-template <Format WF, GemmStage ST>
+// each of its kMT m-tiles (block rows 64 kMT c + 64mt + 16warp + g + 8r).
+// Their shared-memory offsets differ by constants from `base`, and all
+// share the chunk swizzle (bit 2 of the block row is bit 2 of g).
+template <int TT, Format WF, GemmStage ST>
 struct RsLaneRows {
-  uint32_t base;                 // ARowOffset(128c + 16warp + g, 0) without the swizzle
+  static constexpr int kMT = RsMTiles<TT>();
+  uint32_t base;                 // ARowOffset(64 kMT c + 16warp + g, 0) without the swizzle
   uint32_t flip;                 // 16 when the rows' two chunks are swapped
   const uint8_t* scale[kMT][2];  // each row's scale bytes at K = 0
 
   __device__ __forceinline__ RsLaneRows(const GemmArgs& a, int expert, int fb, int c, int warp, int g) {
     const int scale_cols = a.k_dim / BlockSize(WF);
     const uint8_t* s = a.w_scale + static_cast<int64_t>(expert) * a.w_rows_per_expert * scale_cols;
-    base = static_cast<uint32_t>(128 * c + 16 * warp + g) * kRowBytes;
+    base = static_cast<uint32_t>(64 * kMT * c + 16 * warp + g) * kRowBytes;
     flip = static_cast<uint32_t>((g >> 2) & 1) << 4;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         bool valid;  // (a missing row's codes are zero-filled: any finite scale will do)
-        const int row = BlockWeightRow<ST>(a, fb, 128 * c + 64 * mt + 16 * warp + g + 8 * r, valid);
+        const int row = BlockWeightRow<TT, ST>(a, fb, 64 * kMT * c + 64 * mt + 16 * warp + g + 8 * r, valid);
         scale[mt][r] = s + static_cast<int64_t>(row) * scale_cols;
       }
   }
@@ -389,8 +441,8 @@ __device__ __forceinline__ uint32_t DecodeFragmentWord(uint32_t word, uint32_t s
 // Row (mt, r)'s A fragment words of k16 step kk: a[r] = k 2q, 2q + 1 (word
 // 2kk), a[2 + r] = k 2q + 8, 2q + 9 (word 2kk + 1), i.e. the MmaRs order
 // (row g, row g + 8, row g, row g + 8).
-template <Format WF, int mt, int r, int kk, GemmStage ST>
-__device__ __forceinline__ void DecodeStep(const RsLaneRows<WF, ST>& rows, uint32_t a_st, uint32_t sel,
+template <Format WF, int mt, int r, int kk, int TT, GemmStage ST, int kMT>
+__device__ __forceinline__ void DecodeStep(const RsLaneRows<TT, WF, ST>& rows, uint32_t a_st, uint32_t sel,
                                            const uint32_t (&sp)[kMT][2][2], uint32_t (&af)[kMT][4]) {
   uint32_t w0, w1;
   asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];\n" : "=r"(w0), "=r"(w1) : "r"(a_st + rows.template StepOffset<mt, r, kk>()));
@@ -425,7 +477,7 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
                                                  kStages * S::kRawBytes);
   const uint32_t out_stage = ring + kStages * S::kStageBytes;  // bf16 outputs only (RsSmemBytes)
 
-  const RsWork<kPersistent, ST> work(a);
+  const RsWork<TT, kPersistent, ST> work(a);
   if (work.count == 0) return;  // whole block
   const int n_stages = a.k_dim / kKStage;
   const int wg = threadIdx.x / kWarpgroup;
@@ -445,7 +497,9 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
     work.Item(item, tile, fb);
     JAX_MOE_RS_STAMP(const long long t_start = clock64(); long long t_first = 0, full_wait = 0;)
     const int expert = a.tile_expert[tile];
-    const RsLaneRows<WF, ST> rows(a, expert, fb, c, warp, g);
+    const RsLaneRows<TT, WF, ST> rows(a, expert, fb, c, warp, g);
+    constexpr int kMT = RsMTiles<TT>();
+    const int halves = RsTileHalves<TT>(a, tile);  // (uniform over the item)
 
     float acc[kMT][TT / 8][4];
     ZeroAccumulators(acc);
@@ -464,6 +518,11 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
     // stage, NOTES v13).
     constexpr int kFragSets = 4;
     uint32_t af[kFragSets][kMT][4];
+    // The item's stages with wgmma N = kN (TT, or 128 for a 256-token tile
+    // whose second half is padding): one loop per N, chosen once per item,
+    // since a branch between the MMAs would make ptxas serialize them (C7520).
+    auto main_loop = [&](auto n_constant) {
+    constexpr int kN = decltype(n_constant)::value;
     for (int st = 0; st < n_stages; ++st, ++gs) {
       const int s = gs % kStages;
 #pragma unroll
@@ -496,13 +555,13 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
           wgmma::BarrierArrive(1 + kStages + (gs - 1) % kStages, kThreads);  // EMPTY
         DecodeStep<WF, 0, 0, kk>(rows, a_st, sel, sp, frag);
         DecodeStep<WF, 0, 1, kk>(rows, a_st, sel, sp, frag);
-        DecodeStep<WF, 1, 0, kk>(rows, a_st, sel, sp, frag);
-        DecodeStep<WF, 1, 1, kk>(rows, a_st, sel, sp, frag);
+        if constexpr (kMT > 1) DecodeStep<WF, 1 % kMT, 0, kk>(rows, a_st, sel, sp, frag);
+        if constexpr (kMT > 1) DecodeStep<WF, 1 % kMT, 1, kk>(rows, a_st, sel, sp, frag);
         const uint64_t db = wgmma::DescriptorSw128(b_st + 32u * kk);
         wgmma::Fence();
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt)
-          wgmma::MmaRs<TT>(acc[mt], frag[mt][0], frag[mt][1], frag[mt][2], frag[mt][3], db);
+          wgmma::MmaRs<kN>(acc[mt], frag[mt][0], frag[mt][1], frag[mt][2], frag[mt][3], db);
         wgmma::Commit();
       };
       static_assert(kKStage / 16 == 4, "four k16 steps a stage");
@@ -510,6 +569,12 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
       step(std::integral_constant<int, 1>{});
       step(std::integral_constant<int, 2>{});
       step(std::integral_constant<int, 3>{});
+    }
+    };
+    if (TT == 128 || halves == 2) {
+      main_loop(std::integral_constant<int, TT>{});
+    } else {
+      main_loop(std::integral_constant<int, 128>{});
     }
     wgmma::Wait<0>();
     JAX_MOE_RS_STAMP(const long long t_main = clock64();)
@@ -519,10 +584,13 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
 
     if constexpr (!kMx) {  // bf16 h / y: staged rows and bulk copies (gemm_rs_epilogue.cuh)
       const uint32_t my_stage = out_stage + static_cast<uint32_t>(c * OutStageBytes<TT, ST>());
-      float* const s_rw = reinterpret_cast<float*>(rs_smem + (my_stage - raw_base) + TT * StagePitch<ST>());
-      RsStagedEpilogue<TT, WF, ST, kMT>(a, acc, tile, fb, c, expert, my_stage, s_rw, kConsumerBarrier0<kStages> + c);
+      float* const s_rw =
+          reinterpret_cast<float*>(rs_smem + (my_stage - raw_base) + kStagedRows * StagePitch<TT, ST>());
+      RsStagedEpilogue<TT, WF, ST, kMT>(a, acc, tile, fb, c, expert, my_stage, s_rw, kConsumerBarrier0<kStages> + c,
+                                        halves);
     } else {  // MXFP8 h (GEMM1) re-quantized across warp pairs; GEMM2's y as the other families write it
-      const int feat0 = fb * FeaturesPerBlock<ST>() + ConsumerFeatures<ST>() * c + 16 * warp;
+      static_assert(!kMx || TT == 128, "MXFP8 activations: the 128-token tile only");
+      const int feat0 = fb * FeaturesPerBlock<TT, ST>() + ConsumerFeatures<TT, ST>() * c + 16 * warp;
       // MXFP8 h: every warp of the warpgroup meets the amax barrier, so warps
       // past n_dim run the epilogue too (their stores are masked by mt_valid).
       constexpr bool mx_h = ST == GemmStage::kGemm1;
@@ -577,9 +645,17 @@ cudaError_t LaunchWgmmaRsGemm(const GemmArgs& a, int64_t max_tiles, cudaStream_t
   // wgmma exists on sm_90a only; other builds compile the kernel as a trap.
   if (std::string_view(JAX_MOE_CUDA_ARCH) != "sm_90a") return cudaErrorNotSupported;
 #endif
-  if (!WgmmaRsSupports(a)) return LaunchWgmmaWsGemm<TT, 4, 1, WF, ST>(a, max_tiles, stream);
-  return a.act_format == Format::kMXFP8 ? LaunchWgmmaRsKernel<TT, kStages, kPersistent, true, WF, ST>(a, max_tiles, stream)
-                                        : LaunchWgmmaRsKernel<TT, kStages, kPersistent, false, WF, ST>(a, max_tiles, stream);
+  if constexpr (TT == 256) {
+    // No fallback kernel has this tile: TacticInvalidReason keeps the row from problems it
+    // cannot run (activations other than bf16, K % 64 != 0); misaligned h / y rows end here.
+    if (!WgmmaRsSupports(a) || a.act_format != Format::kBF16) return cudaErrorNotSupported;
+    return LaunchWgmmaRsKernel<TT, kStages, kPersistent, false, WF, ST>(a, max_tiles, stream);
+  } else {
+    if (!WgmmaRsSupports(a)) return LaunchWgmmaWsGemm<TT, 4, 1, WF, ST>(a, max_tiles, stream);
+    return a.act_format == Format::kMXFP8
+               ? LaunchWgmmaRsKernel<TT, kStages, kPersistent, true, WF, ST>(a, max_tiles, stream)
+               : LaunchWgmmaRsKernel<TT, kStages, kPersistent, false, WF, ST>(a, max_tiles, stream);
+  }
 }
 
 template <int TT, int kStages, bool kPersistent, bool kMx, Format WF, GemmStage ST>
@@ -588,7 +664,7 @@ cudaError_t LaunchWgmmaRsKernel(const GemmArgs& a, int64_t max_tiles, cudaStream
   constexpr int kSmem = gemm_rs_detail::RsSmemBytes<TT, kStages, ST>(kMx);
   static_assert(kSmem <= 227 * 1024, "shared memory: 227 KB a block on sm_90");
   if (const cudaError_t e = EnsureDynamicSmem<kKernel>(kSmem); e != cudaSuccess) return e;
-  const int64_t n_fb = gemm_rs_detail::FeatureBlocks<ST>(a.n_dim);
+  const int64_t n_fb = gemm_rs_detail::FeatureBlocks<TT, ST>(a.n_dim);
   dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>(n_fb));
   if constexpr (kPersistent) {
     int sms = 0;

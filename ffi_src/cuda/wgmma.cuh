@@ -99,6 +99,12 @@ __device__ __forceinline__ void FenceSharedForAsync() {
 #define JAX_MOE_WG_ACC64                                                                         \
   "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9," JAX_MOE_WG_ACC16(1) JAX_MOE_WG_ACC16(2) JAX_MOE_WG_ACC16(3)    \
       JAX_MOE_WG_ACC16(4) JAX_MOE_WG_ACC16(5) "%60,%61,%62,%63}, "
+// m64n256 (128 registers): operands 0 .. 127.
+#define JAX_MOE_WG_ACC128                                                                        \
+  "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9," JAX_MOE_WG_ACC16(1) JAX_MOE_WG_ACC16(2) JAX_MOE_WG_ACC16(3)    \
+      JAX_MOE_WG_ACC16(4) JAX_MOE_WG_ACC16(5) JAX_MOE_WG_ACC16(6) JAX_MOE_WG_ACC16(7)              \
+          JAX_MOE_WG_ACC16(8) JAX_MOE_WG_ACC16(9) JAX_MOE_WG_ACC16(10) JAX_MOE_WG_ACC16(11)        \
+              "%120,%121,%122,%123,%124,%125,%126,%127}, "
 
 // Accumulators as [N / 8][4] (n8 column group, register): two groups per macro.
 #define JAX_MOE_WG_D8(c) "+f"(d[c][0]), "+f"(d[c][1]), "+f"(d[c][2]), "+f"(d[c][3]), \
@@ -110,7 +116,8 @@ __device__ __forceinline__ void FenceSharedForAsync() {
 // k 2q+8..; a3: row g+8, k 2q+8..), B from shared memory via `desc`.
 // D fragment: for each n8 column group i, d[4i..4i+3] = (g, 8i+2q),
 // (g, 8i+2q+1), (g+8, 8i+2q), (g+8, 8i+2q+1): the mma.sync accumulator order.
-__device__ __forceinline__ void MmaRs64(float (&d)[8][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+template <int kNT>
+__device__ __forceinline__ void MmaRs64(float (&d)[kNT][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                         uint64_t desc) {
 #if JAX_MOE_HAS_WGMMA
   asm volatile(
@@ -126,7 +133,8 @@ __device__ __forceinline__ void MmaRs64(float (&d)[8][4], uint32_t a0, uint32_t 
 #endif
 }
 
-__device__ __forceinline__ void MmaRs128(float (&d)[16][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+template <int kNT>
+__device__ __forceinline__ void MmaRs128(float (&d)[kNT][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                          uint64_t desc) {
 #if JAX_MOE_HAS_WGMMA
   asm volatile(
@@ -136,6 +144,28 @@ __device__ __forceinline__ void MmaRs128(float (&d)[16][4], uint32_t a0, uint32_
       "{%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"
       : JAX_MOE_WG_D8(0), JAX_MOE_WG_D8(2), JAX_MOE_WG_D8(4), JAX_MOE_WG_D8(6),
         JAX_MOE_WG_D8(8), JAX_MOE_WG_D8(10), JAX_MOE_WG_D8(12), JAX_MOE_WG_D8(14)
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
+#else
+  (void)d, (void)a0, (void)a1, (void)a2, (void)a3, (void)desc;
+  __trap();
+#endif
+}
+
+// The 256-token register-A tile's MMA (N = 256: each decoded A fragment
+// feeds twice the tokens of m64n128, so the decode per multiply halves).
+template <int kNT>
+__device__ __forceinline__ void MmaRs256(float (&d)[kNT][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint64_t desc) {
+#if JAX_MOE_HAS_WGMMA
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+      JAX_MOE_WG_ACC128
+      "{%128,%129,%130,%131}, %132, p, 1, 1, 0;\n}\n"
+      : JAX_MOE_WG_D8(0), JAX_MOE_WG_D8(2), JAX_MOE_WG_D8(4), JAX_MOE_WG_D8(6),
+        JAX_MOE_WG_D8(8), JAX_MOE_WG_D8(10), JAX_MOE_WG_D8(12), JAX_MOE_WG_D8(14),
+        JAX_MOE_WG_D8(16), JAX_MOE_WG_D8(18), JAX_MOE_WG_D8(20), JAX_MOE_WG_D8(22),
+        JAX_MOE_WG_D8(24), JAX_MOE_WG_D8(26), JAX_MOE_WG_D8(28), JAX_MOE_WG_D8(30)
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
 #else
   (void)d, (void)a0, (void)a1, (void)a2, (void)a3, (void)desc;
@@ -179,6 +209,7 @@ __device__ __forceinline__ void MmaSs128(float (&d)[16][4], uint64_t desc_a, uin
 }
 
 #undef JAX_MOE_WG_D8
+#undef JAX_MOE_WG_ACC128
 #undef JAX_MOE_WG_ACC64
 #undef JAX_MOE_WG_ACC32
 #undef JAX_MOE_WG_ACC16
@@ -219,14 +250,19 @@ __device__ __forceinline__ void SetMaxRegisters() {
 #endif
 }
 
-template <int N>
-__device__ __forceinline__ void MmaRs(float (&d)[N / 8][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+// D's first N / 8 column groups: an accumulator array of kNT >= N / 8 groups
+// (the 256-token tile multiplies only its first half when the second is padding).
+template <int N, int kNT>
+__device__ __forceinline__ void MmaRs(float (&d)[kNT][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                       uint64_t desc) {
-  static_assert(N == 64 || N == 128, "wgmma N must be 64 or 128 here");
+  static_assert(N == 64 || N == 128 || N == 256, "wgmma N must be 64, 128 or 256 here");
+  static_assert(kNT >= N / 8, "the accumulators hold N / 8 column groups");
   if constexpr (N == 64) {
     MmaRs64(d, a0, a1, a2, a3, desc);
-  } else {
+  } else if constexpr (N == 128) {
     MmaRs128(d, a0, a1, a2, a3, desc);
+  } else {
+    MmaRs256(d, a0, a1, a2, a3, desc);
   }
 }
 
