@@ -95,6 +95,31 @@ def test_wgmma_candidates_survive_pruning_at_large_loads():
     assert not names & {"cuda_wgmma_t64", "cuda_wgmma_t128"}, names
 
 
+@pytest.mark.parametrize("T", [1024, 4096, 16384])
+def test_rs256_is_never_the_default_nor_a_candidate(T):
+    """The 256-token register-A row measured slower than the 128-token one at
+    every prefill row (benchmarks/NOTES.md v14): named explicitly only."""
+    problem = jax_moe.MoEProblem(T, 4096, 14336, 8, 8, 2)
+    t256 = next(t for t in tactics.tactic_table() if t.name == "cuda_wgmma_rsp_t256")
+    assert not tactics.invalid_reason(problem, t256.id, "cuda")
+    assert tactics.default_tactic(problem, "cuda") != t256.id
+    assert t256.id not in tactics.tuning_candidates(problem, "cuda")
+    assert t256.id in tactics.tuning_candidates(problem, "cuda", exhaustive=True)
+
+
+@pytest.mark.parametrize("kw,needle", [(dict(act_format=jax_moe.Format.MXFP8), "bf16 activations only"),
+                                       (dict(hidden_size=1056), "multiples of 64"),
+                                       (dict(intermediate_size=352), "multiples of 64")])
+def test_rs256_names_what_it_cannot_run(kw, needle):
+    """It has no fallback kernel, so problems outside its scope make it an invalid
+    tactic whose reason names the row and the cause."""
+    base = dict(num_tokens=64, hidden_size=1024, intermediate_size=256, num_experts=8, num_local_experts=8, top_k=2)
+    problem = jax_moe.MoEProblem(**{**base, **kw})
+    t256 = next(t for t in tactics.tactic_table() if t.name == "cuda_wgmma_rsp_t256")
+    reason = tactics.invalid_reason(problem, t256.id, "cuda")
+    assert "cuda_wgmma_rsp_t256" in reason and needle in reason, reason
+
+
 def test_every_tactic_names_a_known_family():
     families = tactics.kernel_families()
     assert set(families) >= {"cpu_blocked", "cuda_mma_swap_ab", "cuda_stream_split_k", "cuda_wgmma_swap_ab",

@@ -213,9 +213,16 @@ constexpr double kWgmmaDefaultLoad = 40.0;
 // The prefill family. Rows it cannot run (activations not bf16, K % 64 != 0)
 // run the warp-specialised kernel of the same tile, the default before it.
 constexpr KernelFamily kPrefillFamily = KernelFamily::kCudaWgmmaRsPersistent;
-// Load target from which the prefill default may take the 256-token tile
-// (below it the 128-token tile even where the target is nearer 256).
-constexpr double kRs256DefaultLoad = 1e300;  // PLACEHOLDER: set from the device run
+
+// The 256-token register-A tile is never the default nor a tuning candidate:
+// on an H200 (stage timer, 8970f29, benchmarks/NOTES.md v14) it ran 1.4-2.1x
+// slower than the 128-token tile at every prefill row measured (T = 1024 -
+// 16384, all four model shapes; Mixtral-8x7B T = 16384, where padding is
+// negligible, 41.6 vs 30.3 ms), against the 15% the halved decode predicted.
+// It stays a row (named explicitly) for the work v14 lists next.
+bool SlowerThanItsTwin(const Tactic& t) {
+  return t.family == KernelFamily::kCudaWgmmaRsPersistent && t.tile_tokens == 256;
+}
 
 bool IsWgmmaFamily(KernelFamily f) {
   return f == KernelFamily::kCudaWgmmaSwapAB || f == KernelFamily::kCudaWgmmaWarpSpecialized ||
@@ -228,7 +235,8 @@ bool IsWgmmaFamily(KernelFamily f) {
 double WgmmaLoadTarget(const MoeProblem& p) {
   double largest = 1;
   for (const Tactic& t : TacticTable())
-    if (IsWgmmaFamily(t.family) && t.tile_tokens > largest) largest = static_cast<double>(t.tile_tokens);
+    if (IsWgmmaFamily(t.family) && !SlowerThanItsTwin(t) && t.tile_tokens > largest)
+      largest = static_cast<double>(t.tile_tokens);
   return std::fmin(LoadTarget(p), largest);
 }
 
@@ -265,7 +273,9 @@ bool ReplacedByTwin(const MoeProblem& p, const Tactic& t) {
 // Also the first register-A wgmma rows (kCudaWgmmaSwapAB): 14% of the matmul
 // rate at T = 4096 (v3), below the warp-specialised rows, which the
 // register-A cp.async rows beat 1.5-2x at every prefill row (v12).
-bool PrunedByMeasurement(const Tactic& t) { return t.warps_k > 1 || t.family == KernelFamily::kCudaWgmmaSwapAB; }
+bool PrunedByMeasurement(const Tactic& t) {
+  return t.warps_k > 1 || t.family == KernelFamily::kCudaWgmmaSwapAB || SlowerThanItsTwin(t);
+}
 // The decode default (average expert load <= 1 token): the staged row `best`
 // becomes its twin with two warps along K and a 3-deep ring (same tile) while
 // the smaller GEMM grid stays within 3 blocks per SM, unless `best` would
@@ -335,7 +345,7 @@ int64_t DefaultTactic(const MoeProblem& p, Platform platform) {
     if (platform == Platform::kCuda &&
         (table[i].family != cuda_family || ReplacedByTwin(p, table[i]) || table[i].warps_k > 1))
       continue;
-    if (platform == Platform::kCuda && table[i].tile_tokens > 128 && LoadTarget(p) < kRs256DefaultLoad) continue;
+    if (platform == Platform::kCuda && SlowerThanItsTwin(table[i])) continue;
     const double gap = TileGap(table[i], target);
     if (best < 0 || gap < best_gap) {
       best = i;
