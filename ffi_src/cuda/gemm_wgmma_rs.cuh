@@ -70,7 +70,6 @@
 #include "cuda/gemm_rs_epilogue.cuh"
 #include "cuda/gemm_wgmma_ws.cuh"
 #include "cuda/launch_counters.h"
-#include "cuda/mbarrier.cuh"
 #include "cuda/rs_stamps.cuh"
 #include "cuda/split_k.cuh"
 #include "cuda/wgmma.cuh"
@@ -113,9 +112,8 @@ struct RsShape {
   static constexpr int kAmaxBytes = 2 * 4 * TT * 4;
 };
 
-// Named barriers: 0 (__syncthreads), then the producer's own (MXFP8 conversion) and one per
-// consumer (its epilogue). (Ids 1 .. 2 kStages were the stages' FULL / EMPTY barriers before
-// they became mbarriers: RsStageBarriers.)
+// Named barriers: 0 (__syncthreads), FULL 1 .. kStages, EMPTY kStages + 1 .. 2 kStages, then the
+// producer's own (MXFP8 conversion) and one per consumer (MXFP8 h amaxes).
 template <int kStages>
 constexpr int kProducerBarrier = 2 * kStages + 1;
 template <int kStages>
@@ -124,31 +122,11 @@ constexpr int kConsumerBarrier0 = 2 * kStages + 2;
 // The ring (1024-byte aligned: up to 1023 bytes of slack ahead of it), then
 // MXFP8: the raw ring and the amaxes; bf16: the two consumers' output staging
 // (gemm_rs_epilogue.cuh).
-// Last, the stages' mbarriers (RsStageBarriers).
-template <int TT, int kStages, GemmStage ST>
-constexpr int RsBarrierOffset(bool raw_activations) {  // from the ring's start
-  return kStages * RsShape<TT>::kStageBytes +
-         (raw_activations ? kStages * RsShape<TT>::kRawBytes + RsShape<TT>::kAmaxBytes : 2 * OutStageBytes<TT, ST>());
-}
 template <int TT, int kStages, GemmStage ST>
 constexpr int RsSmemBytes(bool raw_activations) {
-  return 1024 + RsBarrierOffset<TT, kStages, ST>(raw_activations) + 2 * kStages * 8;
+  return 1024 + kStages * RsShape<TT>::kStageBytes +
+         (raw_activations ? kStages * RsShape<TT>::kRawBytes + RsShape<TT>::kAmaxBytes : 2 * OutStageBytes<TT, ST>());
 }
-
-// The ring's hand-off, one pair of mbarriers per stage slot: FULL[s]
-// completes when the 128 producer threads have arrived (each once its own
-// copies of the stage have landed), EMPTY[s] when the 256 consumer threads
-// have (their MMAs of the stage have retired). Use n of slot s (stage gs =
-// n kStages + s) waits on phase parity n & 1. Waiting on a phase needs no
-// other waiter, so the consumer warpgroups do not pace each other per stage
-// as the named barriers made them (bar.sync counted every consumer thread).
-template <int kStages>
-struct RsStageBarriers {
-  uint32_t base;
-  __device__ __forceinline__ uint32_t Full(int s) const { return base + 8u * s; }
-  __device__ __forceinline__ uint32_t Empty(int s) const { return base + 8u * (kStages + s); }
-  static __device__ __forceinline__ uint32_t Parity(int gs) { return static_cast<uint32_t>(gs / kStages) & 1u; }
-};
 
 // Byte offset of 16-byte chunk h (0, 1) of block row r in a stage's weight
 // area. Rows are 32 bytes; flipping the chunk on every other group of 4 rows
@@ -268,15 +246,14 @@ __device__ __forceinline__ void RsConvertMxfp8Row(uint32_t raw_st, uint32_t b_st
 // bf16 needs only the proxy fence; MXFP8 first waits for every producer
 // thread's copies (producer barrier) and converts token t's row.
 template <int TT, int kStages, Format AF>
-__device__ __forceinline__ void RsFinishStage(uint32_t ring, uint32_t raw_ring, const RsStageBarriers<kStages>& bars,
-                                              int s) {
+__device__ __forceinline__ void RsFinishStage(uint32_t ring, uint32_t raw_ring, int s) {
   using S = RsShape<TT>;
   if constexpr (AF == Format::kMXFP8) {
     wgmma::BarrierSync(kProducerBarrier<kStages>, kWarpgroup);
     RsConvertMxfp8Row<TT>(raw_ring + s * S::kRawBytes, ring + s * S::kStageBytes + S::kABytes, threadIdx.x);
   }
   wgmma::FenceSharedForAsync();  // cp.async / st.shared wrote through the generic proxy; wgmma reads the async one
-  mbar::Arrive(bars.Full(s));
+  wgmma::BarrierArrive(1 + s, kThreads);  // FULL
 }
 
 // The producer warpgroup: cp.async only. Per stage a thread copies kRows / 64
@@ -295,7 +272,7 @@ __device__ __forceinline__ void RsFinishStage(uint32_t ring, uint32_t raw_ring, 
 // token t's row into the bf16 stage before FULL.
 template <int TT, int kStages, bool kPersistent, Format AF, GemmStage ST>
 __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<TT, kPersistent, ST>& work, uint32_t ring,
-                                          uint32_t raw_ring, const RsStageBarriers<kStages>& bars, int n_stages) {
+                                          uint32_t raw_ring, int n_stages) {
   using S = RsShape<TT>;
   static_assert(AF == Format::kBF16 || AF == Format::kMXFP8, "register-A wgmma: bf16 or MXFP8 activations");
   constexpr bool kRaw = AF == Format::kMXFP8;
@@ -351,7 +328,7 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<TT, kP
     for (int st = 0; st < n_stages; ++st, ++gs) {
       const int s = gs % kStages;
       JAX_MOE_RS_STAMP(const long long w0 = clock64();)
-      if (gs >= kStages) mbar::Wait(bars.Empty(s), RsStageBarriers<kStages>::Parity(gs - kStages));
+      if (gs >= kStages) wgmma::BarrierSync(1 + kStages + s, kThreads);  // EMPTY[s]
       JAX_MOE_RS_STAMP(empty_wait += clock64() - w0;)
       const uint32_t a_st = ring + s * S::kStageBytes, b_st = a_st + S::kABytes;
       const int64_t koff = static_cast<int64_t>(st) * kRowBytes;
@@ -377,18 +354,17 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<TT, kP
       CpAsyncCommit();
       if (gs >= kLag) {
         CpAsyncWait<kLag>();
-        RsFinishStage<TT, kStages, AF>(ring, raw_ring, bars, (gs - kLag) % kStages);
+        RsFinishStage<TT, kStages, AF>(ring, raw_ring, (gs - kLag) % kStages);
       }
     }
     JAX_MOE_RS_STAMP(if (t == 0) { if (RsStamp* slot = RsStampSlot(item)) slot->empty_wait = empty_wait; })
   }
   CpAsyncWait<0>();
   if constexpr (kRaw) {
-    for (int g = gs > kLag ? gs - kLag : 0; g < gs; ++g)
-      RsFinishStage<TT, kStages, AF>(ring, raw_ring, bars, g % kStages);
+    for (int g = gs > kLag ? gs - kLag : 0; g < gs; ++g) RsFinishStage<TT, kStages, AF>(ring, raw_ring, g % kStages);
   } else {  // one fence for the last stages (the bf16 kernels as measured in v12)
     wgmma::FenceSharedForAsync();
-    for (int g = gs > kLag ? gs - kLag : 0; g < gs; ++g) mbar::Arrive(bars.Full(g % kStages));
+    for (int g = gs > kLag ? gs - kLag : 0; g < gs; ++g) wgmma::BarrierArrive(1 + g % kStages, kThreads);
   }
 }
 
@@ -503,20 +479,11 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
 
   const RsWork<TT, kPersistent, ST> work(a);
   if (work.count == 0) return;  // whole block
-  const RsStageBarriers<kStages> bars{ring + static_cast<uint32_t>(RsBarrierOffset<TT, kStages, ST>(kMx))};
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      mbar::Init(bars.Full(s), kWarpgroup);       // the producer threads
-      mbar::Init(bars.Empty(s), 2 * kWarpgroup);  // the consumer threads
-    }
-  }
-  __syncthreads();
   const int n_stages = a.k_dim / kKStage;
   const int wg = threadIdx.x / kWarpgroup;
   if (wg == 0) {
     wgmma::SetMaxRegisters<false, kProducerRegs>();
-    RsProduce<TT, kStages, kPersistent, kMx ? Format::kMXFP8 : Format::kBF16, ST>(a, work, ring, raw_ring, bars,
-                                                                                 n_stages);
+    RsProduce<TT, kStages, kPersistent, kMx ? Format::kMXFP8 : Format::kBF16, ST>(a, work, ring, raw_ring, n_stages);
     return;
   }
   wgmma::SetMaxRegisters<true, kConsumerRegs>();
@@ -572,7 +539,7 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
         for (int r = 0; r < 2; ++r) StageScalePairs<WF>(sc[mt][r], sp[mt][r]);
 
       JAX_MOE_RS_STAMP(const long long w0 = clock64();)
-      mbar::Wait(bars.Full(s), RsStageBarriers<kStages>::Parity(gs));
+      wgmma::BarrierSync(1 + s, kThreads);  // FULL[s]
       JAX_MOE_RS_STAMP(const long long w1 = clock64(); full_wait += w1 - w0; if (st == 0) t_first = w1;)
       const uint32_t a_st = ring + s * S::kStageBytes, b_st = a_st + S::kABytes;
       // One k16 step (kk is a template constant: the fragments' registers and
@@ -585,7 +552,7 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
         // memory goes back to the producer if it will refill it.
         wgmma::Wait<kFragSets - 1>();
         if (kk == 3 && st >= 1 && gs - 1 + kStages < total)
-          mbar::Arrive(bars.Empty((gs - 1) % kStages));
+          wgmma::BarrierArrive(1 + kStages + (gs - 1) % kStages, kThreads);  // EMPTY
         DecodeStep<WF, 0, 0, kk>(rows, a_st, sel, sp, frag);
         DecodeStep<WF, 0, 1, kk>(rows, a_st, sel, sp, frag);
         if constexpr (kMT > 1) DecodeStep<WF, 1 % kMT, 0, kk>(rows, a_st, sel, sp, frag);
@@ -613,7 +580,7 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
     JAX_MOE_RS_STAMP(const long long t_main = clock64();)
     // The item's last stage is free before the epilogue: the producer fills
     // the ring for the next item meanwhile.
-    if (gs - 1 + kStages < total) mbar::Arrive(bars.Empty((gs - 1) % kStages));
+    if (gs - 1 + kStages < total) wgmma::BarrierArrive(1 + kStages + (gs - 1) % kStages, kThreads);
 
     if constexpr (!kMx) {  // bf16 h / y: staged rows and bulk copies (gemm_rs_epilogue.cuh)
       const uint32_t my_stage = out_stage + static_cast<uint32_t>(c * OutStageBytes<TT, ST>());
