@@ -27,17 +27,25 @@ mkdir -p prebuilt "$OBJ"
 # One object per source (-O3 -lineinfo: the same code as the extension's, with line numbers for
 # ncu and the sanitizer), rebuilt only when a source or header is newer; two compiles at a time.
 OPT="-O3 -lineinfo"
-# A stage source's object from the extension's build (same flags, -fPIC) is used when it is current.
+# A stage source's object from the extension's build (same flags, -fPIC) is used when it is current:
+# always right after this invocation built the extension (ninja tracks each object's own headers,
+# so an object it left alone is current even when some other ffi_src file is newer), else when no
+# ffi_src file is newer than it.
 stale() { [ ! -f "$2" ] || [ -n "$(find "$1" ffi_src -newer "$2" \( -name '*.cu' -o -name '*.cuh' -o -name '*.h' -o -name '*.cc' \) -print -quit)" ]; }
+EXT_BUILT=
 objpath() {
   local ext="build/device_ext/CMakeFiles/_ffi.dir/$1.o"
-  if [ -z "${NOEXT:-}" ] && [[ "$1" == ffi_src/* ]] && ! stale "$1" "$ext"; then echo "$ext"; else echo "$OBJ/$(basename "$1").o"; fi
+  if [ -z "${NOEXT:-}" ] && [[ "$1" == ffi_src/* ]] && [ -f "$ext" ] && { [ -n "$EXT_BUILT" ] || ! stale "$1" "$ext"; }; then
+    echo "$ext"
+  else
+    echo "$OBJ/$(basename "$1").o"
+  fi
 }
 objs() {  # objs <sources...>: compiles what is stale, prints the objects
   local src o pids=()
   for src in "$@"; do
     o=$(objpath "$src")
-    if stale "$src" "$o"; then
+    if [[ "$o" != build/device_ext/* ]] && stale "$src" "$o"; then  # (objpath hands out only current extension objects)
       "${NV[@]}" $OPT -x cu -c "$src" -o "$o" > "$o.log" 2>&1 &
       pids+=($!)
       [ ${#pids[@]} -ge 2 ] && { wait "${pids[0]}" || { cat "$OBJ"/*.log >&2; return 1; }; pids=("${pids[@]:1}"); }
@@ -79,6 +87,7 @@ for t in "${TARGETS[@]}"; do
         -DPython_EXECUTABLE="$PY" -Dnanobind_DIR="$(python3 -m nanobind --cmake_dir)" \
         -DJAX_MOE_XLA_INCLUDE_DIR="$INC" > build/device_ext.log 2>&1 || { tail -20 build/device_ext.log; exit 1; }
       cmake --build build/device_ext >> build/device_ext.log 2>&1 || { grep -i error build/device_ext.log | head; exit 1; }
+      EXT_BUILT=1
       SO=$(ls build/device_ext/_ffi.cpython-*.so); cp "$SO" jax_moe/; t=$(basename "$SO")
       echo "carry jax_moe/$t ($(du -h "jax_moe/$t" | cut -f1))" ;;
     *) echo "unknown target $t" >&2; exit 2 ;;
