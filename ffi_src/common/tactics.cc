@@ -90,6 +90,17 @@ uint64_t TacticTableHash() {
   return h;
 }
 
+namespace {
+// The 256-token register-A row: it has no fallback kernel (TacticInvalidReason
+// refuses problems outside its scope), and it is never the default nor a
+// tuning candidate: on an H200 (stage timer, 8970f29, benchmarks/NOTES.md v14)
+// it ran 1.4-2.1x slower than the 128-token tile at every prefill row measured
+// (T = 1024 - 16384, all four model shapes; Mixtral-8x7B T = 16384, where
+// padding is negligible, 41.6 vs 30.3 ms), against the 15% the halved decode
+// predicted. It stays a row (named explicitly) for the work v14 lists next.
+bool IsRs256Row(const Tactic& t) { return t.family == KernelFamily::kCudaWgmmaRsPersistent && t.tile_tokens == 256; }
+}  // namespace
+
 std::string TacticInvalidReason(const MoeProblem& p, Platform platform, int64_t id) {
   const auto& table = TacticTable();
   if (id < 0 || id >= static_cast<int64_t>(table.size()))
@@ -99,7 +110,7 @@ std::string TacticInvalidReason(const MoeProblem& p, Platform platform, int64_t 
     return StrCat("tactic ", id, " (", t.name, ") is for another platform");
   // Every other tactic runs every supported problem: the kernels guard partial
   // tiles along tokens, features and K, and fall back where they cannot.
-  if (t.family == KernelFamily::kCudaWgmmaRsPersistent && t.tile_tokens == 256) {
+  if (IsRs256Row(t)) {
     if (p.act_format != Format::kBF16)
       return StrCat("tactic ", id, " (", t.name, ") runs bf16 activations only (got format ",
                     static_cast<int64_t>(p.act_format), ")");
@@ -214,16 +225,6 @@ constexpr double kWgmmaDefaultLoad = 40.0;
 // run the warp-specialised kernel of the same tile, the default before it.
 constexpr KernelFamily kPrefillFamily = KernelFamily::kCudaWgmmaRsPersistent;
 
-// The 256-token register-A tile is never the default nor a tuning candidate:
-// on an H200 (stage timer, 8970f29, benchmarks/NOTES.md v14) it ran 1.4-2.1x
-// slower than the 128-token tile at every prefill row measured (T = 1024 -
-// 16384, all four model shapes; Mixtral-8x7B T = 16384, where padding is
-// negligible, 41.6 vs 30.3 ms), against the 15% the halved decode predicted.
-// It stays a row (named explicitly) for the work v14 lists next.
-bool SlowerThanItsTwin(const Tactic& t) {
-  return t.family == KernelFamily::kCudaWgmmaRsPersistent && t.tile_tokens == 256;
-}
-
 bool IsWgmmaFamily(KernelFamily f) {
   return f == KernelFamily::kCudaWgmmaSwapAB || f == KernelFamily::kCudaWgmmaWarpSpecialized ||
          f == KernelFamily::kCudaWgmmaWsTwoProducers || f == KernelFamily::kCudaWgmmaRs ||
@@ -235,7 +236,7 @@ bool IsWgmmaFamily(KernelFamily f) {
 double WgmmaLoadTarget(const MoeProblem& p) {
   double largest = 1;
   for (const Tactic& t : TacticTable())
-    if (IsWgmmaFamily(t.family) && !SlowerThanItsTwin(t) && t.tile_tokens > largest)
+    if (IsWgmmaFamily(t.family) && !IsRs256Row(t) && t.tile_tokens > largest)
       largest = static_cast<double>(t.tile_tokens);
   return std::fmin(LoadTarget(p), largest);
 }
@@ -274,7 +275,7 @@ bool ReplacedByTwin(const MoeProblem& p, const Tactic& t) {
 // rate at T = 4096 (v3), below the warp-specialised rows, which the
 // register-A cp.async rows beat 1.5-2x at every prefill row (v12).
 bool PrunedByMeasurement(const Tactic& t) {
-  return t.warps_k > 1 || t.family == KernelFamily::kCudaWgmmaSwapAB || SlowerThanItsTwin(t);
+  return t.warps_k > 1 || t.family == KernelFamily::kCudaWgmmaSwapAB || IsRs256Row(t);
 }
 // The decode default (average expert load <= 1 token): the staged row `best`
 // becomes its twin with two warps along K and a 3-deep ring (same tile) while
@@ -345,7 +346,7 @@ int64_t DefaultTactic(const MoeProblem& p, Platform platform) {
     if (platform == Platform::kCuda &&
         (table[i].family != cuda_family || ReplacedByTwin(p, table[i]) || table[i].warps_k > 1))
       continue;
-    if (platform == Platform::kCuda && SlowerThanItsTwin(table[i])) continue;
+    if (platform == Platform::kCuda && IsRs256Row(table[i])) continue;
     const double gap = TileGap(table[i], target);
     if (best < 0 || gap < best_gap) {
       best = i;

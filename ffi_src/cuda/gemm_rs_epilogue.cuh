@@ -112,11 +112,11 @@ __device__ __forceinline__ void TakeColumnBlock(const float (&acc)[kMT][kNT][4],
 // 8(i >> 1) (+ 64 mt for GEMM2); GEMM1's m-tile 0 is the gate, 1 the up
 // projection. One m-tile (TT = 256): GEMM2 the same features; GEMM1 holds
 // the gate of feature 8w + g in row g (i = 0, 1) and its up in row g + 8.
-template <GemmStage ST, Activation kKind, int kMT>
+template <int TT, GemmStage ST, Activation kKind, int kMT = RsMTiles<TT>()>
 __device__ __forceinline__ void StageColumnBlock(const GemmArgs& a, const float (&v)[kMT][4], const float (&bias)[kMT][2],
                                                  float scale, const float* s_rw, uint32_t stage, int nt, int warp,
                                                  int g, int q) {
-  constexpr int kPitch = 2 * (ST == GemmStage::kGemm1 ? 32 : 64) * kMT + 16;
+  constexpr int kPitch = StagePitch<TT, ST>();
   if constexpr (ST == GemmStage::kGemm1 && kMT == 1) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -201,7 +201,7 @@ __device__ __forceinline__ void RsStagedEpilogue(const GemmArgs& a, const float 
       for (int nt = 0; nt < kStagedRows / 8; ++nt) {
         float v[kMT][4];
         TakeColumnBlock<kMT, TT / 8>(acc, (kStagedRows / 8) * h + nt, v);
-        StageColumnBlock<ST, kKind, kMT>(a, v, bias, scale, s_rw, stage, nt, warp, g, q);
+        StageColumnBlock<TT, ST, kKind>(a, v, bias, scale, s_rw, stage, nt, warp, g, q);
       }
     };
     if constexpr (ST == GemmStage::kGemm1) {

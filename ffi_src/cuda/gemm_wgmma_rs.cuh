@@ -522,54 +522,54 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
     // whose second half is padding): one loop per N, chosen once per item,
     // since a branch between the MMAs would make ptxas serialize them (C7520).
     auto main_loop = [&](auto n_constant) {
-    constexpr int kN = decltype(n_constant)::value;
-    for (int st = 0; st < n_stages; ++st, ++gs) {
-      const int s = gs % kStages;
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          sc[mt][r] = next[mt][r];
-          if (st + 1 < n_stages) next[mt][r] = LoadStageScales<WF>(rows.scale[mt][r], st + 1);
-        }
-      uint32_t sp[kMT][2][2];
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) StageScalePairs<WF>(sc[mt][r], sp[mt][r]);
-
-      JAX_MOE_RS_STAMP(const long long w0 = clock64();)
-      wgmma::BarrierSync(1 + s, kThreads);  // FULL[s]
-      JAX_MOE_RS_STAMP(const long long w1 = clock64(); full_wait += w1 - w0; if (st == 0) t_first = w1;)
-      const uint32_t a_st = ring + s * S::kStageBytes, b_st = a_st + S::kABytes;
-      // One k16 step (kk is a template constant: the fragments' registers and
-      // the scale halves are then fixed at compile time).
-      auto step = [&](auto kk_constant) {
-        constexpr int kk = decltype(kk_constant)::value;
-        uint32_t(&frag)[kMT][4] = af[kk];
-        // Step kk of the previous stage, the last reader of af[kk], is done (at most three
-        // groups pending); at kk = 3 that is the previous stage's last step, so its shared
-        // memory goes back to the producer if it will refill it.
-        wgmma::Wait<kFragSets - 1>();
-        if (kk == 3 && st >= 1 && gs - 1 + kStages < total)
-          wgmma::BarrierArrive(1 + kStages + (gs - 1) % kStages, kThreads);  // EMPTY
-        DecodeStep<WF, 0, 0, kk>(rows, a_st, sel, sp, frag);
-        DecodeStep<WF, 0, 1, kk>(rows, a_st, sel, sp, frag);
-        if constexpr (kMT > 1) DecodeStep<WF, 1 % kMT, 0, kk>(rows, a_st, sel, sp, frag);
-        if constexpr (kMT > 1) DecodeStep<WF, 1 % kMT, 1, kk>(rows, a_st, sel, sp, frag);
-        const uint64_t db = wgmma::DescriptorSw128(b_st + 32u * kk);
-        wgmma::Fence();
+      constexpr int kN = decltype(n_constant)::value;
+      for (int st = 0; st < n_stages; ++st, ++gs) {
+        const int s = gs % kStages;
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt)
-          wgmma::MmaRs<kN>(acc[mt], frag[mt][0], frag[mt][1], frag[mt][2], frag[mt][3], db);
-        wgmma::Commit();
-      };
-      static_assert(kKStage / 16 == 4, "four k16 steps a stage");
-      step(std::integral_constant<int, 0>{});
-      step(std::integral_constant<int, 1>{});
-      step(std::integral_constant<int, 2>{});
-      step(std::integral_constant<int, 3>{});
-    }
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            sc[mt][r] = next[mt][r];
+            if (st + 1 < n_stages) next[mt][r] = LoadStageScales<WF>(rows.scale[mt][r], st + 1);
+          }
+        uint32_t sp[kMT][2][2];
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) StageScalePairs<WF>(sc[mt][r], sp[mt][r]);
+
+        JAX_MOE_RS_STAMP(const long long w0 = clock64();)
+        wgmma::BarrierSync(1 + s, kThreads);  // FULL[s]
+        JAX_MOE_RS_STAMP(const long long w1 = clock64(); full_wait += w1 - w0; if (st == 0) t_first = w1;)
+        const uint32_t a_st = ring + s * S::kStageBytes, b_st = a_st + S::kABytes;
+        // One k16 step (kk is a template constant: the fragments' registers and
+        // the scale halves are then fixed at compile time).
+        auto step = [&](auto kk_constant) {
+          constexpr int kk = decltype(kk_constant)::value;
+          uint32_t(&frag)[kMT][4] = af[kk];
+          // Step kk of the previous stage, the last reader of af[kk], is done (at most three
+          // groups pending); at kk = 3 that is the previous stage's last step, so its shared
+          // memory goes back to the producer if it will refill it.
+          wgmma::Wait<kFragSets - 1>();
+          if (kk == 3 && st >= 1 && gs - 1 + kStages < total)
+            wgmma::BarrierArrive(1 + kStages + (gs - 1) % kStages, kThreads);  // EMPTY
+          DecodeStep<WF, 0, 0, kk>(rows, a_st, sel, sp, frag);
+          DecodeStep<WF, 0, 1, kk>(rows, a_st, sel, sp, frag);
+          if constexpr (kMT > 1) DecodeStep<WF, 1 % kMT, 0, kk>(rows, a_st, sel, sp, frag);
+          if constexpr (kMT > 1) DecodeStep<WF, 1 % kMT, 1, kk>(rows, a_st, sel, sp, frag);
+          const uint64_t db = wgmma::DescriptorSw128(b_st + 32u * kk);
+          wgmma::Fence();
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt)
+            wgmma::MmaRs<kN>(acc[mt], frag[mt][0], frag[mt][1], frag[mt][2], frag[mt][3], db);
+          wgmma::Commit();
+        };
+        static_assert(kKStage / 16 == 4, "four k16 steps a stage");
+        step(std::integral_constant<int, 0>{});
+        step(std::integral_constant<int, 1>{});
+        step(std::integral_constant<int, 2>{});
+        step(std::integral_constant<int, 3>{});
+      }
     };
     if (TT == 128 || halves == 2) {
       main_loop(std::integral_constant<int, TT>{});
