@@ -44,6 +44,31 @@ __device__ __forceinline__ uint32_t DecodeE2m1Byte(uint32_t word, uint32_t sel) 
   return ((x & 0x000f000fu) * ((1u << 12) + (1u << 6))) & 0x81c081c0u;
 }
 
+// The register-A prepared word (candidate layout, NOTES v15): one 32-bit word
+// holds a lane's 8 codes of two k16 steps of one weight row, with each code's
+// four bits placed so that its bf16x2 pair comes out of at most a shift, an
+// isolating mask, one multiply and the bf16 mask 0x81c0 (sign to bit 15, e1
+// e0 m to bits 8..6: the value * 2^-126, as DecodeE2m1x8). Bits of code
+// (pair p, element e: 0 = low half, 1 = high half) for sign / e1 / e0 / m:
+//   p = 0: 15 / 8 / 7 / 6        (+16 for e = 1)   w & M
+//   p = 1: 12 / 5 / 4 / 3        (+16)             (w << 3) & M
+//   p = 2: 14 / 2 / 1 / 0        (+16)             ((w & 0x40074007) * (2^6 + 2^1)) & M
+//   p = 3: 13 / 11 / 10 / 9      (+16)             (((w >> 3) & 0x05c005c0) * (2^0 + 2^5)) & M
+// Pairs 0 and 1 are the even step's fragment words, 2 and 3 the odd step's.
+// The multiplies place the magnitude and the sign copies of both halves at
+// once and their copies never overlap (no carries); every bit lands once.
+// Per pair: 1.75 integer-ALU instructions and 0.75 multiplies on average,
+// against DecodeE2m1Byte's 4 and 1 (SHF, PRMT, LOP3, IMAD, LOP3).
+constexpr uint32_t kBf16x2E2m1Mask = 0x81c081c0u;
+__device__ __forceinline__ void DecodePreparedEven(uint32_t w, uint32_t& p0, uint32_t& p1) {
+  p0 = w & kBf16x2E2m1Mask;
+  p1 = (w << 3) & kBf16x2E2m1Mask;
+}
+__device__ __forceinline__ void DecodePreparedOdd(uint32_t w, uint32_t& p2, uint32_t& p3) {
+  p2 = ((w & 0x40074007u) * ((1u << 6) + (1u << 1))) & kBf16x2E2m1Mask;
+  p3 = (((w >> 3) & 0x05c005c0u) * ((1u << 0) + (1u << 5))) & kBf16x2E2m1Mask;
+}
+
 // bf16x2 multiply, round to nearest (subnormals kept: no flush on bf16 ops).
 __device__ __forceinline__ uint32_t MulBf16x2(uint32_t a, uint32_t b) {
   uint32_t d;

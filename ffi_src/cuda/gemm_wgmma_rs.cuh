@@ -7,13 +7,15 @@
 // memory as bf16; profiled, its consumers waited on that producer (v3: 46%
 // of their time), and it reached 17-28% of the bf16 matmul rate. Here the
 // bytes are moved and the weights decoded where they are used:
-//   - warpgroup 0 (producer) only issues cp.async: each 64-element K stage
+//   - warpgroup 0 (producer) issues cp.async: each 64-element K stage
 //     of the block's 256 weight rows in their packed form (32 bytes a row,
 //     4x fewer than decoded) and of the token tile as raw bf16 (gathered by
 //     token for GEMM1, the permuted h rows for GEMM2) into a ring of kStages
 //     shared-memory stages; kStages - 3 stages are in flight while the
 //     consumers work on the two oldest (the one they multiply and the one
-//     whose last MMAs are still queued);
+//     whose last MMAs are still queued). It also converts each stage's block
+//     scales into bf16x2 pairs beside them (one thread a row, against every
+//     consumer thread of a row converting its own before: NOTES v15);
 //   - warpgroups 1 and 2 (consumers) each own 128 weight rows: per k16 step
 //     they read their packed rows from shared memory (8 bytes a row), decode
 //     the A fragments in registers (DecodeE2m1Byte + the block scale: one
@@ -88,6 +90,7 @@ constexpr int kThreads = 3 * kWarpgroup;  // producer + 2 consumers
 template <int TT>
 constexpr int kRows = 2 * RsMTiles<TT>() * 64;
 constexpr int kRowBytes = kKStage / 2;    // packed FP4 bytes of one row per stage
+constexpr int kScaleSlotBytes = 8;        // a row's converted scales per stage (2 x bf16x2)
 // setmaxnreg: the block starts with 65536 / 384 -> 168 registers a thread;
 // the producer keeps 56 and the consumers take the rest of the pool:
 // (384 * 168 - 128 * 56) / 256 = 224.
@@ -101,7 +104,10 @@ struct RsShape {
   static_assert(TT == 128 || TT == 256, "one consumer's wgmma N is the whole token tile");
   static constexpr int kABytes = kRows<TT> * kRowBytes;  // 8 / 4 KB of packed weights
   static constexpr int kBBytes = TT * kKStage * 2;       // 16 / 32 KB of bf16 tokens
-  static constexpr int kStageBytes = kABytes + kBBytes;
+  // The stage's block scales of every row, converted by the producer
+  // (RsProduce): two bf16x2 words a row (StageScalePairs).
+  static constexpr int kScaleBytes = kRows<TT> * kScaleSlotBytes;
+  static constexpr int kStageBytes = kABytes + kBBytes + kScaleBytes;
   static_assert(kABytes % 1024 == 0 && kStageBytes % 1024 == 0, "swizzle atoms are 1024-byte aligned");
   // MXFP8 activations: each stage's token rows arrive raw (64 e4m3 bytes a
   // row) with their two ue8m0 scale bytes in a second ring, and the producer
@@ -242,6 +248,32 @@ __device__ __forceinline__ void RsConvertMxfp8Row(uint32_t raw_st, uint32_t b_st
   }
 }
 
+// The scale bytes of one row for one stage: NVFP4 4 e4m3 bytes (one per
+// k16 step), MXFP4 2 ue8m0 bytes (one per two steps), aligned because
+// K % 64 == 0. Read from global (L1/L2) by the producer one stage ahead.
+template <Format WF>
+__device__ __forceinline__ uint32_t LoadStageScales(const uint8_t* row_scales, int it) {
+  if constexpr (WF == Format::kNVFP4) {
+    return __ldg(reinterpret_cast<const uint32_t*>(row_scales) + it);
+  } else {
+    return __ldg(reinterpret_cast<const uint16_t*>(row_scales) + it);
+  }
+}
+
+// A stage's scales of one row as two bf16x2 words: NVFP4 (s0, s1), (s2, s3)
+// folded by 2^kNvfp4ScaleFold; MXFP4 (s0, s1) as plain bf16 in both words.
+template <Format WF>
+__device__ __forceinline__ void StageScalePairs(uint32_t raw, uint32_t (&out)[2]) {
+  if constexpr (WF == Format::kNVFP4) {
+    out[0] = E4m3PairToFoldedBf16x2(Prmt(raw, 0u, Nvfp4ScaleSelector(0)));
+    out[1] = E4m3PairToFoldedBf16x2(Prmt(raw, 0u, Nvfp4ScaleSelector(2)));
+  } else {
+    out[0] = static_cast<uint32_t>(Ue8m0ToBf16Bits(raw & 0xffu)) |
+             (static_cast<uint32_t>(Ue8m0ToBf16Bits((raw >> 8) & 0xffu)) << 16);
+    out[1] = out[0];
+  }
+}
+
 // A stage whose copies this thread has waited for goes to the consumers:
 // bf16 needs only the proxy fence; MXFP8 first waits for every producer
 // thread's copies (producer barrier) and converts token t's row.
@@ -270,7 +302,7 @@ __device__ __forceinline__ void RsFinishStage(uint32_t ring, uint32_t raw_ring, 
 // loaded and stored by thread t for token t; when the stage has landed
 // (every producer thread's copies: a producer barrier), thread t converts
 // token t's row into the bf16 stage before FULL.
-template <int TT, int kStages, bool kPersistent, Format AF, GemmStage ST>
+template <int TT, int kStages, bool kPersistent, Format AF, Format WF, GemmStage ST>
 __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<TT, kPersistent, ST>& work, uint32_t ring,
                                           uint32_t raw_ring, int n_stages) {
   using S = RsShape<TT>;
@@ -293,13 +325,16 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<TT, kP
     const int expert = a.tile_expert[tile];
     const uint8_t* w = a.w + static_cast<int64_t>(expert) * a.w_rows_per_expert * k_bytes;
     constexpr int kWCopies = kRows<TT> / 64;  // 16-byte weight chunks a thread per stage
-    const uint8_t* wsrc[kWCopies];
+    // Weight sources as 32-bit offsets from a per-stage 64-bit base (an expert's weights stay
+    // below 4 GB: WgmmaRsSupports) and token rows as 32-bit indices times the row's bytes, so a
+    // copy's address costs one add or one wide multiply-add, not a 64-bit multiply.
+    uint32_t woff[kWCopies];
     int wbytes[kWCopies];
 #pragma unroll
     for (int i = 0; i < kWCopies; ++i) {
       bool valid;
       const int row = BlockWeightRow<TT, ST>(a, fb, (t >> 1) + 64 * i, valid);
-      wsrc[i] = w + row * k_bytes + 16 * (t & 1);
+      woff[i] = static_cast<uint32_t>(row) * static_cast<uint32_t>(k_bytes) + 16u * (t & 1);
       wbytes[i] = valid ? 16 : 0;  // rows past n_dim are zero-filled
     }
     // bf16: TT / 16 token chunks a thread (tokens (t >> 3) + 16 j, chunk t & 7); MXFP8: 4 raw
@@ -309,6 +344,7 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<TT, kP
     constexpr int kCopies = kRaw ? TT / 32 : TT / 16;
     const int halves = RsTileHalves<TT>(a, tile);
     const uint8_t* const abase = a.a_data + 16 * (kRaw ? (t & 3) : (t & 7));
+    const uint32_t a_row_bytes = static_cast<uint32_t>(a.a_row_bytes);
     int32_t asrc[kCopies];
 #pragma unroll
     for (int j = 0; j < kCopies; ++j) {
@@ -316,9 +352,24 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<TT, kP
       const int ex = a.permuted_to_expanded[static_cast<int64_t>(tile) * TT + n];
       asrc[j] = ex < 0 ? -1 : (a.gather_tokens ? ex / a.top_k : tile * TT + n);
     }
-    auto asrc_at = [&](int j, int64_t koff_bytes) {
-      return asrc[j] < 0 ? a.a_data : abase + static_cast<int64_t>(asrc[j]) * a.a_row_bytes + koff_bytes;
+    // Chunk j's source at K byte offset koff: row asrc[j] (a padding row reads row 0, 0 bytes).
+    auto asrc_at = [&](int j, const uint8_t* abase_k) {
+      return abase_k + static_cast<uint64_t>(static_cast<uint32_t>(max(asrc[j], 0))) * a_row_bytes;
     };
+    // Block scales: thread t converts those of block rows t + 128 i (kSRows of them) into the
+    // stage, from words loaded one stage ahead (32-bit offsets into the expert's scale rows; a
+    // row past n_dim reads row 0's: its codes are zero-filled, any finite scale will do).
+    constexpr int kSRows = kRows<TT> / kWarpgroup;
+    const int scale_cols = a.k_dim / BlockSize(WF);
+    const uint8_t* const sbase = a.w_scale + static_cast<int64_t>(expert) * a.w_rows_per_expert * scale_cols;
+    int32_t srow[kSRows];
+    uint32_t snext[kSRows];
+#pragma unroll
+    for (int i = 0; i < kSRows; ++i) {
+      bool valid;
+      srow[i] = BlockWeightRow<TT, ST>(a, fb, t + kWarpgroup * i, valid) * scale_cols;
+      snext[i] = LoadStageScales<WF>(sbase + srow[i], 0);
+    }
     const uint16_t* my_scales = nullptr;  // MXFP8: token t's scale bytes (null: a padding row)
     if constexpr (kRaw) {
       const int ex = a.permuted_to_expanded[static_cast<int64_t>(tile) * TT + t];
@@ -331,15 +382,15 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<TT, kP
       if (gs >= kStages) wgmma::BarrierSync(1 + kStages + s, kThreads);  // EMPTY[s]
       JAX_MOE_RS_STAMP(empty_wait += clock64() - w0;)
       const uint32_t a_st = ring + s * S::kStageBytes, b_st = a_st + S::kABytes;
-      const int64_t koff = static_cast<int64_t>(st) * kRowBytes;
+      const uint8_t* const w_k = w + static_cast<int64_t>(st) * kRowBytes;
 #pragma unroll
-      for (int i = 0; i < kWCopies; ++i) CpAsync16Shared(a_st + wdst0 + 64u * kRowBytes * i, wsrc[i] + koff, wbytes[i]);
+      for (int i = 0; i < kWCopies; ++i) CpAsync16Shared(a_st + wdst0 + 64u * kRowBytes * i, w_k + woff[i], wbytes[i]);
       if constexpr (kRaw) {
         const uint32_t raw_st = raw_ring + s * S::kRawBytes;
 #pragma unroll
         for (int j = 0; j < kCopies; ++j)
           CpAsync16Shared(raw_st + static_cast<uint32_t>((t >> 2) + 32 * j) * S::kRawRowBytes + 16u * (t & 3),
-                          asrc_at(j, S::kRawRowBytes * static_cast<int64_t>(st)), asrc[j] < 0 ? 0 : 16);
+                          asrc_at(j, abase + S::kRawRowBytes * static_cast<int64_t>(st)), asrc[j] < 0 ? 0 : 16);
         // The stage's two scale bytes of token t (0: a padding row, whose codes are zero-filled).
         const uint32_t sc = my_scales != nullptr ? __ldg(my_scales + st) : 0u;
         asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(raw_st + TT * S::kRawRowBytes + 2u * t), "h"(static_cast<uint16_t>(sc))
@@ -348,8 +399,18 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<TT, kP
 #pragma unroll
         for (int j = 0; j < kCopies; ++j)
           if (j < 8 || halves == 2)  // a 256-token tile with an empty second half: its MMAs skip it
-            CpAsync16Shared(b_st + adst0 + 2048u * j, asrc_at(j, 2 * kKStage * static_cast<int64_t>(st)),
+            CpAsync16Shared(b_st + adst0 + 2048u * j, asrc_at(j, abase + 2 * kKStage * static_cast<int64_t>(st)),
                             asrc[j] < 0 ? 0 : 16);
+      }
+      // The stage's block scales, converted once here instead of by every consumer thread of
+      // their rows (4 scattered loads and ~60 integer instructions a stage each, NOTES v15).
+#pragma unroll
+      for (int i = 0; i < kSRows; ++i) {
+        uint32_t sp[2];
+        StageScalePairs<WF>(snext[i], sp);
+        if (st + 1 < n_stages) snext[i] = LoadStageScales<WF>(sbase + srow[i], st + 1);
+        asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(b_st + S::kBBytes + kScaleSlotBytes * (t + kWarpgroup * i)),
+                     "r"(sp[0]), "r"(sp[1]) : "memory");
       }
       CpAsyncCommit();
       if (gs >= kLag) {
@@ -375,61 +436,34 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<TT, kP
 template <int TT, Format WF, GemmStage ST>
 struct RsLaneRows {
   static constexpr int kMT = RsMTiles<TT>();
-  uint32_t base;                 // ARowOffset(64 kMT c + 16warp + g, 0) without the swizzle
-  uint32_t flip;                 // 16 when the rows' two chunks are swapped
-  const uint8_t* scale[kMT][2];  // each row's scale bytes at K = 0
+  uint32_t base;  // ARowOffset(64 kMT c + 16warp + g, 0) without the swizzle
+  uint32_t flip;  // 16 when the rows' two chunks are swapped
 
-  __device__ __forceinline__ RsLaneRows(const GemmArgs& a, int expert, int fb, int c, int warp, int g) {
-    const int scale_cols = a.k_dim / BlockSize(WF);
-    const uint8_t* s = a.w_scale + static_cast<int64_t>(expert) * a.w_rows_per_expert * scale_cols;
+  __device__ __forceinline__ RsLaneRows(int c, int warp, int g) {
     base = static_cast<uint32_t>(64 * kMT * c + 16 * warp + g) * kRowBytes;
     flip = static_cast<uint32_t>((g >> 2) & 1) << 4;
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        bool valid;  // (a missing row's codes are zero-filled: any finite scale will do)
-        const int row = BlockWeightRow<TT, ST>(a, fb, 64 * kMT * c + 64 * mt + 16 * warp + g + 8 * r, valid);
-        scale[mt][r] = s + static_cast<int64_t>(row) * scale_cols;
-      }
+  }
+  // Offset of row (mt, r)'s converted scales in a stage's scale area (written by RsProduce).
+  template <int mt, int r>
+  __device__ __forceinline__ uint32_t ScaleOffset() const {
+    return (base / kRowBytes + 64 * mt + 8 * r) * kScaleSlotBytes;
   }
   // Offset of the 8 bytes of k16 step kk (words 2kk, 2kk + 1) of row (mt, r).
   template <int mt, int r, int kk>
   __device__ __forceinline__ uint32_t StepOffset() const {
     return base + (64 * mt + 8 * r) * kRowBytes + ((static_cast<uint32_t>(kk >> 1) << 4) ^ flip) + 8u * (kk & 1);
   }
+  // Offset of lane q's prepared word of k16 steps kk, kk + 1 (kk even) of row (mt, r): word q of
+  // the 16-byte chunk kk / 2 (the 32 lanes of a warp read 32 distinct banks).
+  template <int mt, int r, int kk>
+  __device__ __forceinline__ uint32_t PreparedOffset() const {
+    return base + (64 * mt + 8 * r) * kRowBytes + ((static_cast<uint32_t>(kk >> 1) << 4) ^ flip) + 4u * (threadIdx.x & 3);
+  }
 };
 
-// The scale bytes of one row for one stage: NVFP4 4 e4m3 bytes (one per
-// k16 step), MXFP4 2 ue8m0 bytes (one per two steps), aligned because
-// K % 64 == 0. Read from global (L1/L2) one stage ahead of use.
-template <Format WF>
-__device__ __forceinline__ uint32_t LoadStageScales(const uint8_t* row_scales, int it) {
-  if constexpr (WF == Format::kNVFP4) {
-    return __ldg(reinterpret_cast<const uint32_t*>(row_scales) + it);
-  } else {
-    return __ldg(reinterpret_cast<const uint16_t*>(row_scales) + it);
-  }
-}
-
-// A stage's scales of one row as two bf16x2 words: NVFP4 (s0, s1), (s2, s3)
-// folded by 2^kNvfp4ScaleFold; MXFP4 (s0, s1) as plain bf16 in both words.
-template <Format WF>
-__device__ __forceinline__ void StageScalePairs(uint32_t raw, uint32_t (&out)[2]) {
-  if constexpr (WF == Format::kNVFP4) {
-    out[0] = E4m3PairToFoldedBf16x2(Prmt(raw, 0u, Nvfp4ScaleSelector(0)));
-    out[1] = E4m3PairToFoldedBf16x2(Prmt(raw, 0u, Nvfp4ScaleSelector(2)));
-  } else {
-    out[0] = static_cast<uint32_t>(Ue8m0ToBf16Bits(raw & 0xffu)) |
-             (static_cast<uint32_t>(Ue8m0ToBf16Bits((raw >> 8) & 0xffu)) << 16);
-    out[1] = out[0];
-  }
-}
-
-// Byte q of `word`, decoded and block-scaled for k16 step kk (0..3).
+// A decoded bf16x2 pair (value * 2^-126) block-scaled for k16 step kk (0..3).
 template <Format WF, int kk>
-__device__ __forceinline__ uint32_t DecodeFragmentWord(uint32_t word, uint32_t sel, const uint32_t (&sp)[2]) {
-  const uint32_t v = DecodeE2m1Byte(word, sel);
+__device__ __forceinline__ uint32_t ScaleFragmentWord(uint32_t v, const uint32_t (&sp)[2]) {
   if constexpr (WF == Format::kNVFP4) {
     return MulBf16x2ByHalf<(kk & 1)>(v, sp[kk >> 1]);
   } else {
@@ -438,12 +472,34 @@ __device__ __forceinline__ uint32_t DecodeFragmentWord(uint32_t word, uint32_t s
   }
 }
 
+// Byte q of `word`, decoded and block-scaled for k16 step kk (0..3).
+template <Format WF, int kk>
+__device__ __forceinline__ uint32_t DecodeFragmentWord(uint32_t word, uint32_t sel, const uint32_t (&sp)[2]) {
+  return ScaleFragmentWord<WF, kk>(DecodeE2m1Byte(word, sel), sp);
+}
+
 // Row (mt, r)'s A fragment words of k16 step kk: a[r] = k 2q, 2q + 1 (word
 // 2kk), a[2 + r] = k 2q + 8, 2q + 9 (word 2kk + 1), i.e. the MmaRs order
 // (row g, row g + 8, row g, row g + 8).
+// `pw`: the prepared-layout proxy's words, kept from the even step to the odd.
 template <Format WF, int mt, int r, int kk, int TT, GemmStage ST, int kMT>
 __device__ __forceinline__ void DecodeStep(const RsLaneRows<TT, WF, ST>& rows, uint32_t a_st, uint32_t sel,
-                                           const uint32_t (&sp)[kMT][2][2], uint32_t (&af)[kMT][4]) {
+                                           const uint32_t (&sp)[kMT][2][2], uint32_t (&af)[kMT][4],
+                                           uint32_t (&pw)[kMT][2]) {
+#ifdef JAX_MOE_RS_PREPARED_PROXY
+  // Diagnostic builds only: the decode the prepared layout would run (DecodePreparedEven / Odd,
+  // one 4-byte LDS a row per two steps) applied to today's linear bytes (wrong results), which
+  // measures what that layout would buy before any format carries it.
+  uint32_t v0, v1;
+  if constexpr ((kk & 1) == 0) {
+    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(pw[mt][r]) : "r"(a_st + rows.template PreparedOffset<mt, r, kk>()));
+    DecodePreparedEven(pw[mt][r], v0, v1);
+  } else {
+    DecodePreparedOdd(pw[mt][r], v0, v1);
+  }
+  af[mt][r] = ScaleFragmentWord<WF, kk>(v0, sp[mt][r]);
+  af[mt][2 + r] = ScaleFragmentWord<WF, kk>(v1, sp[mt][r]);
+#else
   uint32_t w0, w1;
   asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];\n" : "=r"(w0), "=r"(w1) : "r"(a_st + rows.template StepOffset<mt, r, kk>()));
 #ifdef JAX_MOE_RS_SKIP_DECODE
@@ -454,6 +510,7 @@ __device__ __forceinline__ void DecodeStep(const RsLaneRows<TT, WF, ST>& rows, u
 #else
   af[mt][r] = DecodeFragmentWord<WF, kk>(w0, sel, sp[mt][r]);
   af[mt][2 + r] = DecodeFragmentWord<WF, kk>(w1, sel, sp[mt][r]);
+#endif
 #endif
 }
 
@@ -483,7 +540,7 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
   const int wg = threadIdx.x / kWarpgroup;
   if (wg == 0) {
     wgmma::SetMaxRegisters<false, kProducerRegs>();
-    RsProduce<TT, kStages, kPersistent, kMx ? Format::kMXFP8 : Format::kBF16, ST>(a, work, ring, raw_ring, n_stages);
+    RsProduce<TT, kStages, kPersistent, kMx ? Format::kMXFP8 : Format::kBF16, WF, ST>(a, work, ring, raw_ring, n_stages);
     return;
   }
   wgmma::SetMaxRegisters<true, kConsumerRegs>();
@@ -497,20 +554,12 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
     work.Item(item, tile, fb);
     JAX_MOE_RS_STAMP(const long long t_start = clock64(); long long t_first = 0, full_wait = 0;)
     const int expert = a.tile_expert[tile];
-    const RsLaneRows<TT, WF, ST> rows(a, expert, fb, c, warp, g);
+    const RsLaneRows<TT, WF, ST> rows(c, warp, g);
     constexpr int kMT = RsMTiles<TT>();
     const int halves = RsTileHalves<TT>(a, tile);  // (uniform over the item)
 
     float acc[kMT][TT / 8][4];
     ZeroAccumulators(acc);
-    // Block-scale words, one stage ahead: sc[mt][r] for the stage being
-    // multiplied, next[mt][r] for the one after.
-    uint32_t sc[kMT][2], next[kMT][2];
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int r = 0; r < 2; ++r) next[mt][r] = LoadStageScales<WF>(rows.scale[mt][r], 0);
-
     // A fragments, one set per k16 step of a stage: step kk decodes into
     // af[kk] while up to three earlier steps are still multiplying, so each
     // warpgroup keeps three MMA groups queued behind its decode (two sets
@@ -525,23 +574,23 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
       constexpr int kN = decltype(n_constant)::value;
       for (int st = 0; st < n_stages; ++st, ++gs) {
         const int s = gs % kStages;
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            sc[mt][r] = next[mt][r];
-            if (st + 1 < n_stages) next[mt][r] = LoadStageScales<WF>(rows.scale[mt][r], st + 1);
-          }
-        uint32_t sp[kMT][2][2];
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-          for (int r = 0; r < 2; ++r) StageScalePairs<WF>(sc[mt][r], sp[mt][r]);
-
         JAX_MOE_RS_STAMP(const long long w0 = clock64();)
         wgmma::BarrierSync(1 + s, kThreads);  // FULL[s]
         JAX_MOE_RS_STAMP(const long long w1 = clock64(); full_wait += w1 - w0; if (st == 0) t_first = w1;)
         const uint32_t a_st = ring + s * S::kStageBytes, b_st = a_st + S::kABytes;
+        uint32_t pw[kMT][2];  // (the prepared-layout proxy only)
+        // The stage's block scales of the thread's rows, as the producer converted them.
+        uint32_t sp[kMT][2][2];
+        auto load_scales = [&](auto mt_constant, auto r_constant) {
+          constexpr int mt = decltype(mt_constant)::value, r = decltype(r_constant)::value;
+          asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];\n"
+                       : "=r"(sp[mt][r][0]), "=r"(sp[mt][r][1])
+                       : "r"(b_st + S::kBBytes + rows.template ScaleOffset<mt, r>()));
+        };
+        load_scales(std::integral_constant<int, 0>{}, std::integral_constant<int, 0>{});
+        load_scales(std::integral_constant<int, 0>{}, std::integral_constant<int, 1>{});
+        if constexpr (kMT > 1) load_scales(std::integral_constant<int, 1 % kMT>{}, std::integral_constant<int, 0>{});
+        if constexpr (kMT > 1) load_scales(std::integral_constant<int, 1 % kMT>{}, std::integral_constant<int, 1>{});
         // One k16 step (kk is a template constant: the fragments' registers and
         // the scale halves are then fixed at compile time).
         auto step = [&](auto kk_constant) {
@@ -553,10 +602,10 @@ __global__ void __launch_bounds__(gemm_rs_detail::kThreads, 1) WgmmaRsGemmKernel
           wgmma::Wait<kFragSets - 1>();
           if (kk == 3 && st >= 1 && gs - 1 + kStages < total)
             wgmma::BarrierArrive(1 + kStages + (gs - 1) % kStages, kThreads);  // EMPTY
-          DecodeStep<WF, 0, 0, kk>(rows, a_st, sel, sp, frag);
-          DecodeStep<WF, 0, 1, kk>(rows, a_st, sel, sp, frag);
-          if constexpr (kMT > 1) DecodeStep<WF, 1 % kMT, 0, kk>(rows, a_st, sel, sp, frag);
-          if constexpr (kMT > 1) DecodeStep<WF, 1 % kMT, 1, kk>(rows, a_st, sel, sp, frag);
+          DecodeStep<WF, 0, 0, kk>(rows, a_st, sel, sp, frag, pw);
+          DecodeStep<WF, 0, 1, kk>(rows, a_st, sel, sp, frag, pw);
+          if constexpr (kMT > 1) DecodeStep<WF, 1 % kMT, 0, kk>(rows, a_st, sel, sp, frag, pw);
+          if constexpr (kMT > 1) DecodeStep<WF, 1 % kMT, 1, kk>(rows, a_st, sel, sp, frag, pw);
           const uint64_t db = wgmma::DescriptorSw128(b_st + 32u * kk);
           wgmma::Fence();
 #pragma unroll
@@ -630,7 +679,10 @@ inline bool WgmmaRsSupports(const GemmArgs& a) {
   // bf16 h / y rows leave through 16-byte-aligned bulk copies (gemm_rs_epilogue.cuh).
   const bool aligned = (reinterpret_cast<uintptr_t>(a.h) | reinterpret_cast<uintptr_t>(a.y) |
                         static_cast<uintptr_t>(a.h_row_bytes)) % 16 == 0;
-  return acts && aligned && a.k_dim % gemm_rs_detail::kKStage == 0 && a.k_dim > 0;
+  // The producer's 32-bit offsets: an expert's packed weights below 4 GB (token rows are
+  // addressed with a wide multiply of a 32-bit row index by the row's bytes).
+  const bool offsets32 = a.w_rows_per_expert * (a.k_dim / 2) < (int64_t{1} << 32) && a.a_row_bytes < (int64_t{1} << 32);
+  return acts && aligned && offsets32 && a.k_dim % gemm_rs_detail::kKStage == 0 && a.k_dim > 0;
 }
 
 template <int TT, int kStages, bool kPersistent, bool kMx, Format WF, GemmStage ST>
