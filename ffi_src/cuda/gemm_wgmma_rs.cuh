@@ -353,8 +353,8 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<TT, kP
       asrc[j] = ex < 0 ? -1 : (a.gather_tokens ? ex / a.top_k : tile * TT + n);
     }
     // Chunk j's source at K byte offset koff: row asrc[j] (a padding row reads row 0, 0 bytes).
-    auto asrc_at = [&](int j, const uint8_t* abase_k) {
-      return abase_k + static_cast<uint64_t>(static_cast<uint32_t>(max(asrc[j], 0))) * a_row_bytes;
+    auto asrc_at = [&](int j, int64_t koff) {
+      return abase + koff + static_cast<uint64_t>(static_cast<uint32_t>(max(asrc[j], 0))) * a_row_bytes;
     };
     // Block scales: thread t converts those of block rows t + 128 i (kSRows of them) into the
     // stage, from words loaded one stage ahead (32-bit offsets into the expert's scale rows; a
@@ -390,7 +390,7 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<TT, kP
 #pragma unroll
         for (int j = 0; j < kCopies; ++j)
           CpAsync16Shared(raw_st + static_cast<uint32_t>((t >> 2) + 32 * j) * S::kRawRowBytes + 16u * (t & 3),
-                          asrc_at(j, abase + S::kRawRowBytes * static_cast<int64_t>(st)), asrc[j] < 0 ? 0 : 16);
+                          asrc_at(j, S::kRawRowBytes * static_cast<int64_t>(st)), asrc[j] < 0 ? 0 : 16);
         // The stage's two scale bytes of token t (0: a padding row, whose codes are zero-filled).
         const uint32_t sc = my_scales != nullptr ? __ldg(my_scales + st) : 0u;
         asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(raw_st + TT * S::kRawRowBytes + 2u * t), "h"(static_cast<uint16_t>(sc))
@@ -399,7 +399,7 @@ __device__ __forceinline__ void RsProduce(const GemmArgs& a, const RsWork<TT, kP
 #pragma unroll
         for (int j = 0; j < kCopies; ++j)
           if (j < 8 || halves == 2)  // a 256-token tile with an empty second half: its MMAs skip it
-            CpAsync16Shared(b_st + adst0 + 2048u * j, asrc_at(j, abase + 2 * kKStage * static_cast<int64_t>(st)),
+            CpAsync16Shared(b_st + adst0 + 2048u * j, asrc_at(j, 2 * kKStage * static_cast<int64_t>(st)),
                             asrc[j] < 0 ? 0 : 16);
       }
       // The stage's block scales, converted once here instead of by every consumer thread of
